@@ -1,0 +1,231 @@
+//! The command line: raw clap arguments, validated into engine settings, then run.
+//!
+//! Every flag can also come from a `LLAMA_DMS_*` environment variable (shown in `--help`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::{
+    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, Message, ModalityWeights, Role,
+};
+use crate::llama::{default_threads, ContextParams, LlamaError, SamplerParams};
+use crate::models;
+
+/// Command line of `llama-dms`.
+#[derive(Debug, Parser)]
+#[command(name = "llama-dms", version, about = "Multimodal GGUF models on llama.cpp with Dynamic Modality Scheduling")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer one prompt (with images) and stream the answer to stdout.
+    Run(RunArgs),
+    /// Create model files.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// `models` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Write a tiny random llama text model and a matching LLaVA mmproj (for tests; no network).
+    Tiny {
+        /// Output directory.
+        #[arg(long, default_value = "models/tiny")]
+        out: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+/// Model and runtime flags shared by the commands that load a model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Text model GGUF.
+    #[arg(long, short = 'm', env = "LLAMA_DMS_MODEL")]
+    pub model: PathBuf,
+    /// Image projector (mmproj) GGUF.
+    #[arg(long, env = "LLAMA_DMS_MMPROJ")]
+    pub mmproj: Option<PathBuf>,
+    /// Layers to offload to the GPU (needs a cuda/vulkan/metal build; -1 = all).
+    #[arg(long, env = "LLAMA_DMS_N_GPU_LAYERS", default_value_t = 0, allow_negative_numbers = true)]
+    pub n_gpu_layers: i32,
+    /// CPU threads (default: available cores).
+    #[arg(long, short = 't', env = "LLAMA_DMS_THREADS")]
+    pub threads: Option<i32>,
+    /// Context window in tokens.
+    #[arg(long, short = 'c', env = "LLAMA_DMS_CTX_SIZE", default_value_t = 4096)]
+    pub ctx_size: u32,
+}
+
+/// `run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image file to show the model (repeatable).
+    #[arg(long = "image", short = 'i')]
+    pub images: Vec<PathBuf>,
+    /// The question.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Optional system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Weight of every image's embedding rows (default: unweighted llama.cpp evaluation).
+    #[arg(long)]
+    pub image_weight: Option<f32>,
+    /// Weight of the user text's embedding rows.
+    #[arg(long)]
+    pub text_weight: Option<f32>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u32,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Maximum tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+}
+
+impl ModelArgs {
+    /// Checks the files exist and builds the engine configuration.
+    pub fn engine_config(&self) -> Result<EngineConfig, String> {
+        for (what, path) in [("model", Some(&self.model)), ("mmproj", self.mmproj.as_ref())] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(format!("{what} file not found: {}", p.display()));
+                }
+            }
+        }
+        if self.ctx_size < 64 {
+            return Err(format!("--ctx-size {} is too small (at least 64)", self.ctx_size));
+        }
+        let mut config = EngineConfig::new(&self.model, self.mmproj.clone());
+        config.n_gpu_layers = self.n_gpu_layers;
+        config.runtime.context = ContextParams {
+            n_ctx: self.ctx_size,
+            n_threads: self.threads.unwrap_or_else(default_threads).max(1),
+            ..ContextParams::default()
+        };
+        config.runtime.mtmd_use_gpu = self.n_gpu_layers != 0;
+        Ok(config)
+    }
+}
+
+/// Runs a parsed command line and returns the process exit code (2 = bad input).
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => run_once(&args),
+        Command::Models(ModelsCommand::Tiny { out, seed }) => match models::tiny::write_tiny_models(&out, seed) {
+            Ok(paths) => {
+                println!("{}\n{}", paths.model.display(), paths.mmproj.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &format!("cannot write the tiny models to {}: {e}", out.display())),
+        },
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn exit_code(e: &EngineError) -> u8 {
+    let bad_input = e.is_client_error()
+        || matches!(
+            e,
+            EngineError::Llama(
+                LlamaError::FileNotFound(_)
+                    | LlamaError::InvalidPath(_)
+                    | LlamaError::ModelLoad { .. }
+                    | LlamaError::MmprojLoad { .. }
+                    | LlamaError::WidthMismatch { .. }
+                    | LlamaError::Gguf { .. }
+            )
+        );
+    if bad_input {
+        2
+    } else {
+        1
+    }
+}
+
+fn run_once(args: &RunArgs) -> ExitCode {
+    let config = match args.model.engine_config() {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e),
+    };
+    let mut content = Vec::new();
+    for path in &args.images {
+        match std::fs::read(path) {
+            Ok(bytes) => content.push(ContentPart::Image(bytes)),
+            Err(e) => return fail(2, &format!("cannot read image {}: {e}", path.display())),
+        }
+    }
+    content.push(ContentPart::Text(args.prompt.clone()));
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::text(Role::System, system.clone()));
+    }
+    messages.push(Message { role: Role::User, content });
+    let weights = (args.image_weight.is_some() || args.text_weight.is_some()).then(|| ModalityWeights {
+        images: vec![args.image_weight.unwrap_or(1.0); args.images.len()],
+        text: args.text_weight.unwrap_or(1.0),
+    });
+    let engine = match EngineHandle::start(config) {
+        Ok(e) => e,
+        Err(e) => return fail(exit_code(&e), &e.to_string()),
+    };
+    let request = GenerateRequest {
+        messages,
+        sampling: SamplerParams { temperature: args.temperature, seed: args.seed, ..SamplerParams::default() },
+        max_tokens: args.max_tokens,
+        stop: Vec::new(),
+        weights,
+    };
+    let mut events = match engine.submit(request) {
+        Ok(s) => s,
+        Err(e) => return fail(exit_code(&e), &e.to_string()),
+    };
+    let mut stdout = std::io::stdout().lock();
+    while let Some(event) = events.blocking_recv() {
+        match event {
+            Event::Text(piece) => {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            Event::Done(done) => {
+                let _ = writeln!(stdout);
+                let t = done.timings;
+                eprintln!(
+                    "[{} prompt tokens, {} generated, finish: {:?}] image encode {:.1} ms, prefill {:.1} ms, decode {:.1} ms ({:.1} tok/s)",
+                    done.usage.prompt_tokens,
+                    done.usage.completion_tokens,
+                    done.finish_reason,
+                    t.image_encode_ms,
+                    t.prefill_ms,
+                    t.decode_ms,
+                    done.usage.completion_tokens as f64 / (t.decode_ms / 1000.0).max(1e-9),
+                );
+                return ExitCode::SUCCESS;
+            }
+            Event::Error(e) => {
+                let _ = writeln!(stdout);
+                return fail(exit_code(&e), &e.to_string());
+            }
+        }
+    }
+    fail(1, "the engine stopped without finishing the request")
+}

@@ -1,0 +1,276 @@
+//! The inference engine: one worker thread owns the model, context and projector; callers talk
+//! to it through a cloneable [`EngineHandle`].
+//!
+//! A request goes in over a bounded queue and its events (text pieces, then done or an error)
+//! come back over a channel of its own. Dropping the [`EventStream`] cancels the request. A
+//! failing (or panicking) request never takes the worker down; a model that fails to load is
+//! reported by [`EngineHandle::start`] itself.
+
+pub mod image;
+pub mod prompt;
+pub mod runtime;
+pub mod text;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+
+use serde::Serialize;
+use tokio::sync::mpsc as tmpsc;
+
+use crate::llama::{LlamaError, SamplerParams};
+
+pub use image::{decode_image, ImageError, RgbImage};
+pub use prompt::{ContentPart, Message, Prompt, Role};
+pub use runtime::{Runtime, RuntimeConfig};
+
+/// Engine errors, typed so that callers (CLI, HTTP) can map them to exit codes or statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// llama.cpp failed (load, decode, tokenize, ...).
+    #[error(transparent)]
+    Llama(#[from] LlamaError),
+    /// An image could not be used.
+    #[error("image {index}: {source}")]
+    Image { index: usize, source: ImageError },
+    /// The request itself is wrong (missing images, weights of the wrong length, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The queue is full; try again later.
+    #[error("the engine queue is full")]
+    QueueFull,
+    /// The engine has stopped.
+    #[error("the engine has shut down")]
+    ShutDown,
+    /// The worker panicked while serving this request (it keeps serving others).
+    #[error("internal error while serving the request: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Whether the caller (not the server) is at fault.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Image { .. }
+                | EngineError::InvalidRequest(_)
+                | EngineError::Llama(LlamaError::ContextFull { .. } | LlamaError::Tokenize(_) | LlamaError::Image(_))
+        )
+    }
+}
+
+/// One weight per image (in order of appearance) and one for the user text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModalityWeights {
+    /// Weight of each image's embedding rows.
+    pub images: Vec<f32>,
+    /// Weight of the user-text rows.
+    pub text: f32,
+}
+
+impl ModalityWeights {
+    /// All weights 1 (plain fusion).
+    pub fn uniform(n_images: usize) -> Self {
+        Self { images: vec![1.0; n_images], text: 1.0 }
+    }
+
+    /// Checks there is one finite, non-negative weight per image.
+    pub fn check(&self, n_images: usize) -> Result<(), EngineError> {
+        if self.images.len() != n_images {
+            return Err(EngineError::InvalidRequest(format!(
+                "{} image weights for {n_images} images",
+                self.images.len()
+            )));
+        }
+        if self.images.iter().chain([&self.text]).any(|w| !w.is_finite() || *w < 0.0) {
+            return Err(EngineError::InvalidRequest("weights must be finite and non-negative".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What a caller asks the engine to do.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Sampling settings.
+    pub sampling: SamplerParams,
+    /// Maximum tokens to generate.
+    pub max_tokens: usize,
+    /// Strings that end generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Per-modality weights; `None` evaluates exactly as llama.cpp does (no weighting at all).
+    pub weights: Option<ModalityWeights>,
+}
+
+impl GenerateRequest {
+    /// A request with default sampling and no weighting.
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self { messages, sampling: SamplerParams::default(), max_tokens: 256, stop: Vec::new(), weights: None }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    /// The caller went away.
+    Cancelled,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens (text tokens plus image embedding rows).
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// Where the time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Vision encoder time.
+    pub image_encode_ms: f64,
+    /// Prompt processing time (excluding image encoding).
+    pub prefill_ms: f64,
+    /// Generation time.
+    pub decode_ms: f64,
+}
+
+/// The final event of a successful request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Done {
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Token counts.
+    pub usage: Usage,
+    /// Time spent per stage.
+    pub timings: Timings,
+    /// The weights that were applied (`None`: plain llama.cpp evaluation).
+    pub weights: Option<ModalityWeights>,
+}
+
+/// What the engine sends back for a request.
+#[derive(Debug)]
+pub enum Event {
+    /// A piece of generated text (complete UTF-8).
+    Text(String),
+    /// Generation finished.
+    Done(Done),
+    /// The request failed.
+    Error(EngineError),
+}
+
+/// The events of one request. Dropping it cancels the request.
+pub struct EventStream {
+    rx: tmpsc::UnboundedReceiver<Event>,
+}
+
+impl EventStream {
+    /// Waits for the next event (async). `None` after the last one.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// Waits for the next event from synchronous code.
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+}
+
+/// How to start an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Text model GGUF.
+    pub model: PathBuf,
+    /// Projector GGUF (needed for images).
+    pub mmproj: Option<PathBuf>,
+    /// Layers offloaded to the GPU.
+    pub n_gpu_layers: i32,
+    /// Runtime settings (context, threads).
+    pub runtime: RuntimeConfig,
+    /// Requests that may wait in the queue.
+    pub queue_capacity: usize,
+    /// Largest image accepted, in pixels.
+    pub max_image_pixels: u64,
+}
+
+impl EngineConfig {
+    /// Defaults for a model (and optional projector).
+    pub fn new(model: impl Into<PathBuf>, mmproj: Option<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            mmproj,
+            n_gpu_layers: 0,
+            runtime: RuntimeConfig::default(),
+            queue_capacity: 16,
+            max_image_pixels: 4096 * 4096,
+        }
+    }
+}
+
+/// Facts about the loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// File stem of the model, used as its API name.
+    pub name: String,
+    /// llama.cpp's description (architecture, size, quantisation).
+    pub description: String,
+    /// Architecture (`llama`, `gemma3`, ...).
+    pub architecture: String,
+    /// Context window of the running context.
+    pub n_ctx: usize,
+    /// Hidden width.
+    pub n_embd: usize,
+    /// Vocabulary size.
+    pub n_vocab: usize,
+    /// Whether images are accepted.
+    pub vision: bool,
+}
+
+struct Job {
+    request: GenerateRequest,
+    events: tmpsc::UnboundedSender<Event>,
+}
+
+/// A cloneable, thread-safe handle to the engine worker.
+#[derive(Clone)]
+pub struct EngineHandle {
+    jobs: mpsc::SyncSender<Job>,
+    info: Arc<ModelInfo>,
+}
+
+impl EngineHandle {
+    /// Starts the worker and waits until the model is loaded (or failed to load).
+    pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
+        let (jobs, queue) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("llama-dms-engine".into())
+            .spawn(move || worker::run(config, queue, ready_tx))
+            .map_err(|e| EngineError::Internal(format!("cannot spawn the engine thread: {e}")))?;
+        let info = ready_rx.recv().map_err(|_| EngineError::ShutDown)??;
+        Ok(Self { jobs, info: Arc::new(info) })
+    }
+
+    /// The loaded model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Queues a request; fails at once with [`EngineError::QueueFull`] when the queue is full.
+    pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        let (events, rx) = tmpsc::unbounded_channel();
+        self.jobs.try_send(Job { request, events }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => EngineError::QueueFull,
+            mpsc::TrySendError::Disconnected(_) => EngineError::ShutDown,
+        })?;
+        Ok(EventStream { rx })
+    }
+}

@@ -1,0 +1,265 @@
+//! The single-threaded core: model, context, projector and token-row reader together, with the
+//! two prefill paths (weighted embedding rows, and llama.cpp's own evaluation) and generation.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::llama::{
+    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, Sampler, TokenEmbeddings,
+};
+
+use super::prompt::{Piece, Prompt};
+use super::text::{Fed, TextStream};
+use super::{EngineError, FinishReason, ModalityWeights};
+
+/// Settings of a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Context parameters (window, batch, threads, sequences, hidden states).
+    pub context: ContextParams,
+    /// Run the vision encoder on the GPU when available.
+    pub mtmd_use_gpu: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { context: ContextParams::default(), mtmd_use_gpu: false }
+    }
+}
+
+/// What a prefill did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefill {
+    /// Next free position of the sequence.
+    pub n_past: i32,
+    /// Time spent in the vision encoder.
+    pub image_encode: Duration,
+    /// Total prefill time (including image encoding).
+    pub total: Duration,
+}
+
+/// What generation did.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation {
+    /// Tokens produced (the end-of-generation token is not counted).
+    pub completion_tokens: usize,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// Time spent generating.
+    pub decode: Duration,
+}
+
+/// Model, context, projector and token rows on one thread.
+pub struct Runtime<'m> {
+    model: &'m Model,
+    ctx: Context<'m>,
+    mtmd: Option<Mtmd<'m>>,
+    rows: TokenEmbeddings,
+}
+
+impl<'m> Runtime<'m> {
+    /// Creates the context (and projector, when `mmproj` is given) for `model`.
+    pub fn new(model: &'m Model, mmproj: Option<&Path>, config: &RuntimeConfig) -> Result<Self, EngineError> {
+        let rows = TokenEmbeddings::open(model.path(), model.n_embd(), model.token_row_scale())?;
+        let mtmd = match mmproj {
+            Some(p) => {
+                let params = MtmdParams { use_gpu: config.mtmd_use_gpu, n_threads: config.context.n_threads };
+                Some(Mtmd::new(model, p, &params)?)
+            }
+            None => None,
+        };
+        let ctx = Context::new(model, &config.context)?;
+        Ok(Self { model, ctx, mtmd, rows })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The context (for direct decoding in tests and the DMS stage).
+    pub fn context(&mut self) -> &mut Context<'m> {
+        &mut self.ctx
+    }
+
+    /// The projector, if one is loaded.
+    pub fn mtmd(&self) -> Option<&Mtmd<'m>> {
+        self.mtmd.as_ref()
+    }
+
+    /// Logits at the last output row of the last decode.
+    pub fn last_logits(&self) -> Result<&[f32], EngineError> {
+        Ok(self.ctx.logits(-1)?)
+    }
+
+    fn check_fits(&self, prompt: &Prompt) -> Result<(), EngineError> {
+        let needed = prompt.n_positions() + 1;
+        if needed > self.ctx.n_ctx() {
+            return Err(crate::llama::LlamaError::ContextFull { needed, n_ctx: self.ctx.n_ctx() }.into());
+        }
+        Ok(())
+    }
+
+    /// Decodes rows in batches of at most `n_batch`, asking for logits on the very last row
+    /// when `logits_last`.
+    fn decode_rows(&mut self, rows: &[f32], n_past: &mut i32, seq: i32, logits_last: bool) -> Result<(), EngineError> {
+        let width = self.model.n_embd_inp();
+        let n_rows = rows.len() / width;
+        let per_batch = self.ctx.n_batch().max(1);
+        let mut batch = Batch::embeddings(per_batch.min(n_rows), width);
+        for (b, block) in rows.chunks(per_batch * width).enumerate() {
+            batch.clear();
+            for (i, row) in block.chunks_exact(width).enumerate() {
+                let last = b * per_batch + i + 1 == n_rows;
+                batch.push_row(row, *n_past, seq, logits_last && last)?;
+                *n_past += 1;
+            }
+            self.ctx.decode(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Prefills `prompt` into sequence `seq` (from position 0) as embedding rows: image rows are
+    /// multiplied by their image weight, user-text rows by the text weight, everything else by 1.
+    pub fn prefill_weighted(&mut self, prompt: &Prompt, weights: &ModalityWeights, seq: i32) -> Result<Prefill, EngineError> {
+        weights.check(prompt.n_images())?;
+        self.check_fits(prompt)?;
+        let start = Instant::now();
+        let width = self.model.n_embd_inp();
+        let mut out = Prefill::default();
+        let mut pending: Vec<f32> = Vec::new();
+        if let Some(bos) = prompt.bos {
+            self.rows.append_rows(&[bos], 1.0, width, &mut pending)?;
+        }
+        for piece in &prompt.pieces {
+            match piece {
+                Piece::Text { tokens, user } => {
+                    let w = if *user { weights.text } else { 1.0 };
+                    self.rows.append_rows(tokens, w, width, &mut pending)?;
+                }
+                Piece::Image { index, chunks } => {
+                    for chunk in chunks.iter() {
+                        match chunk.kind() {
+                            ChunkKind::Image => {
+                                self.decode_rows(&std::mem::take(&mut pending), &mut out.n_past, seq, false)?;
+                                let mtmd = self.mtmd.as_mut().ok_or_else(no_projector)?;
+                                let t = Instant::now();
+                                let mut rows = mtmd.encode(&chunk)?;
+                                out.image_encode += t.elapsed();
+                                let w = weights.images[*index];
+                                if w != 1.0 {
+                                    rows.iter_mut().for_each(|v| *v *= w);
+                                }
+                                out.n_past = mtmd.decode_image(&mut self.ctx, &chunk, &mut rows, out.n_past, seq)?;
+                            }
+                            ChunkKind::Text => self.rows.append_rows(chunk.tokens(), 1.0, width, &mut pending)?,
+                            ChunkKind::Audio => {
+                                return Err(EngineError::InvalidRequest("audio input is not supported".into()))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt must end with text".into()));
+        }
+        self.decode_rows(&pending, &mut out.n_past, seq, true)?;
+        out.total = start.elapsed();
+        Ok(out)
+    }
+
+    /// Prefills `prompt` the way llama.cpp itself does (token ids for text,
+    /// `mtmd_helper_eval_chunks` for the whole multimodal prompt). Weights are all 1 by nature.
+    pub fn prefill_reference(&mut self, prompt: &Prompt, seq: i32) -> Result<Prefill, EngineError> {
+        self.check_fits(prompt)?;
+        let start = Instant::now();
+        let mut n_past = 0;
+        if let Some(bos) = prompt.bos {
+            let mut b = Batch::tokens(1);
+            b.push_token(bos, 0, seq, false)?;
+            self.ctx.decode(&b)?;
+            n_past = 1;
+        }
+        match &self.mtmd {
+            Some(mtmd) => {
+                let chunks = prompt.reference_chunks(mtmd)?;
+                n_past = mtmd.eval_chunks(&mut self.ctx, &chunks, n_past, seq)?;
+            }
+            None => {
+                let tokens = prompt.text_tokens();
+                let tokens = &tokens[usize::from(prompt.bos.is_some())..];
+                let per_batch = self.ctx.n_batch().max(1);
+                let mut b = Batch::tokens(per_batch.min(tokens.len()));
+                for (k, block) in tokens.chunks(per_batch).enumerate() {
+                    b.clear();
+                    for (i, &t) in block.iter().enumerate() {
+                        b.push_token(t, n_past, seq, k * per_batch + i + 1 == tokens.len())?;
+                        n_past += 1;
+                    }
+                    self.ctx.decode(&b)?;
+                }
+            }
+        }
+        Ok(Prefill { n_past, image_encode: Duration::ZERO, total: start.elapsed() })
+    }
+
+    /// Generates after a prefill that left logits on its last row. `emit` receives text pieces
+    /// and returns false to cancel (the caller went away).
+    pub fn generate(
+        &mut self,
+        mut n_past: i32,
+        seq: i32,
+        sampler: &mut Sampler,
+        max_tokens: usize,
+        stops: &[String],
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, EngineError> {
+        let start = Instant::now();
+        let mut text = TextStream::new(stops);
+        let mut batch = Batch::tokens(1);
+        let mut produced = 0;
+        let mut finish = FinishReason::Length;
+        while produced < max_tokens {
+            let token = sampler.sample(&self.ctx, -1);
+            if self.model.is_eog(token) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            produced += 1;
+            match text.feed(&self.model.token_bytes(token, false)) {
+                Fed::Text(piece) => {
+                    if !piece.is_empty() && !emit(&piece) {
+                        finish = FinishReason::Cancelled;
+                        break;
+                    }
+                }
+                Fed::Stop(piece) => {
+                    if !piece.is_empty() {
+                        emit(&piece);
+                    }
+                    finish = FinishReason::Stop;
+                    break;
+                }
+            }
+            if produced == max_tokens || n_past as usize + 1 >= self.ctx.n_ctx() {
+                break;
+            }
+            batch.clear();
+            batch.push_token(token, n_past, seq, true)?;
+            self.ctx.decode(&batch)?;
+            n_past += 1;
+        }
+        if finish != FinishReason::Cancelled {
+            let rest = text.finish();
+            if !rest.is_empty() {
+                emit(&rest);
+            }
+        }
+        Ok(Generation { completion_tokens: produced, finish_reason: finish, decode: start.elapsed() })
+    }
+}
+
+fn no_projector() -> EngineError {
+    EngineError::InvalidRequest("this model has no vision projector".into())
+}

@@ -1,0 +1,11 @@
+//! llama-dms: a local OpenAI-compatible multimodal server on llama.cpp with Dynamic Modality
+//! Scheduling (per-request weighting of each image and of the user text).
+//!
+//! Layers: [`llama`] (the only `unsafe` code: a safe wrapper over llama.cpp), [`engine`] (one
+//! worker thread that owns the model and serves requests), [`models`] (synthesised test models),
+//! and [`cli`] (the command line).
+
+pub mod cli;
+pub mod engine;
+pub mod llama;
+pub mod models;
