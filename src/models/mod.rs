@@ -3,3 +3,4 @@
 
 pub mod gguf_writer;
 pub mod tiny;
+pub mod smollm2;
