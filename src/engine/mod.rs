@@ -13,6 +13,7 @@ pub mod text;
 mod worker;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use serde::Serialize;
@@ -234,6 +235,45 @@ pub struct ModelInfo {
     pub vision: bool,
 }
 
+/// Counters of what the worker has done since start.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    generated_tokens: AtomicU64,
+}
+
+/// A snapshot of [`EngineStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// Requests that finished normally.
+    pub completed: u64,
+    /// Requests that ended with an error.
+    pub failed: u64,
+    /// Requests abandoned by their caller.
+    pub cancelled: u64,
+    /// Tokens generated over all requests.
+    pub generated_tokens: u64,
+}
+
+impl EngineStats {
+    fn record(&self, counter: &AtomicU64, tokens: usize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.generated_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+            generated_tokens: self.generated_tokens.load(Ordering::Relaxed),
+        }
+    }
+}
+
 struct Job {
     request: GenerateRequest,
     events: tmpsc::UnboundedSender<Event>,
@@ -244,6 +284,7 @@ struct Job {
 pub struct EngineHandle {
     jobs: mpsc::SyncSender<Job>,
     info: Arc<ModelInfo>,
+    stats: Arc<EngineStats>,
 }
 
 impl EngineHandle {
@@ -251,12 +292,19 @@ impl EngineHandle {
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
         let (jobs, queue) = mpsc::sync_channel(config.queue_capacity.max(1));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        let worker_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("llama-dms-engine".into())
-            .spawn(move || worker::run(config, queue, ready_tx))
+            .spawn(move || worker::run(config, queue, ready_tx, &worker_stats))
             .map_err(|e| EngineError::Internal(format!("cannot spawn the engine thread: {e}")))?;
         let info = ready_rx.recv().map_err(|_| EngineError::ShutDown)??;
-        Ok(Self { jobs, info: Arc::new(info) })
+        Ok(Self { jobs, info: Arc::new(info), stats })
+    }
+
+    /// What the worker has done so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// The loaded model.

@@ -8,14 +8,19 @@ use tokio::sync::mpsc as tmpsc;
 use crate::llama::{Model, ModelParams, Sampler};
 
 use super::{
-    decode_image, ContentPart, Done, EngineConfig, EngineError, Event, FinishReason, Job, ModelInfo, Prompt, Runtime,
-    Timings, Usage,
+    decode_image, ContentPart, Done, EngineConfig, EngineError, EngineStats, Event, FinishReason, Job, ModelInfo,
+    Prompt, Runtime, Timings, Usage,
 };
 
 /// Sequence used for the answer (DMS signal passes use the others).
 const ANSWER_SEQ: i32 = 0;
 
-pub(super) fn run(config: EngineConfig, queue: mpsc::Receiver<Job>, ready: mpsc::Sender<Result<ModelInfo, EngineError>>) {
+pub(super) fn run(
+    config: EngineConfig,
+    queue: mpsc::Receiver<Job>,
+    ready: mpsc::Sender<Result<ModelInfo, EngineError>>,
+    stats: &EngineStats,
+) {
     let params = ModelParams { n_gpu_layers: config.n_gpu_layers, use_mmap: true };
     let model = match Model::load(&config.model, &params) {
         Ok(m) => m,
@@ -46,15 +51,26 @@ pub(super) fn run(config: EngineConfig, queue: mpsc::Receiver<Job>, ready: mpsc:
     }
     while let Ok(job) = queue.recv() {
         if job.events.is_closed() {
+            stats.record(&stats.cancelled, 0);
             continue;
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| serve(&mut rt, &config, &job.request, &job.events)));
         rt.context().clear_memory();
         let event = match outcome {
-            Ok(Ok(Some(done))) => Event::Done(done),
-            Ok(Ok(None)) => continue, // cancelled: nobody is listening
-            Ok(Err(e)) => Event::Error(e),
+            Ok(Ok(Served::Done(done))) => {
+                stats.record(&stats.completed, done.usage.completion_tokens);
+                Event::Done(done)
+            }
+            Ok(Ok(Served::Cancelled { generated })) => {
+                stats.record(&stats.cancelled, generated);
+                continue; // nobody is listening
+            }
+            Ok(Err(e)) => {
+                stats.record(&stats.failed, 0);
+                Event::Error(e)
+            }
             Err(panic) => {
+                stats.record(&stats.failed, 0);
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -69,13 +85,19 @@ pub(super) fn run(config: EngineConfig, queue: mpsc::Receiver<Job>, ready: mpsc:
     tracing::info!("engine stopped");
 }
 
-/// Serves one request; `Ok(None)` when the caller went away.
+/// How a request ended when it did not fail.
+enum Served {
+    Done(Done),
+    Cancelled { generated: usize },
+}
+
+/// Serves one request.
 fn serve(
     rt: &mut Runtime<'_>,
     config: &EngineConfig,
     request: &super::GenerateRequest,
     events: &tmpsc::UnboundedSender<Event>,
-) -> Result<Option<Done>, EngineError> {
+) -> Result<Served, EngineError> {
     let mut images = Vec::new();
     for part in request.messages.iter().flat_map(|m| &m.content) {
         if let ContentPart::Image(bytes) = part {
@@ -85,7 +107,7 @@ fn serve(
     }
     let prompt = Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?;
     if events.is_closed() {
-        return Ok(None);
+        return Ok(Served::Cancelled { generated: 0 });
     }
     let prefill = match &request.weights {
         Some(w) => rt.prefill_weighted(&prompt, w, ANSWER_SEQ)?,
@@ -95,10 +117,10 @@ fn serve(
     let mut emit = |piece: &str| events.send(Event::Text(piece.to_string())).is_ok();
     let generation = rt.generate(prefill.n_past, ANSWER_SEQ, &mut sampler, request.max_tokens, &request.stop, &mut emit)?;
     if generation.finish_reason == FinishReason::Cancelled {
-        return Ok(None);
+        return Ok(Served::Cancelled { generated: generation.completion_tokens });
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    Ok(Some(Done {
+    Ok(Served::Done(Done {
         finish_reason: generation.finish_reason,
         usage: Usage { prompt_tokens: prompt.n_tokens(), completion_tokens: generation.completion_tokens },
         timings: Timings {

@@ -1,0 +1,214 @@
+//! Engine behaviour on real (synthesised) GGUF files: batching of sequences, typed errors,
+//! generation, cancellation and recovery.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{max_abs_diff, png, test_config};
+use llama_dms::engine::{
+    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, ImageError, Message, Role, Runtime,
+};
+use llama_dms::llama::{Batch, LlamaError, Model, ModelParams, SamplerParams, TokenEmbeddings};
+
+fn tiny_engine(n_ctx: u32) -> EngineHandle {
+    let tiny = common::tiny_models();
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()));
+    config.runtime = test_config(n_ctx, 1);
+    EngineHandle::start(config).expect("engine starts")
+}
+
+/// Collects a request's events: (text, final event).
+fn collect(engine: &EngineHandle, request: GenerateRequest) -> (String, Event) {
+    let mut events = engine.submit(request).expect("submit");
+    let mut text = String::new();
+    loop {
+        match events.blocking_recv().expect("stream ended without a final event") {
+            Event::Text(t) => text.push_str(&t),
+            last => return (text, last),
+        }
+    }
+}
+
+fn ask(text: &str, image: Option<Vec<u8>>, max_tokens: usize) -> GenerateRequest {
+    let mut content: Vec<ContentPart> = image.into_iter().map(ContentPart::Image).collect();
+    content.push(ContentPart::Text(text.into()));
+    let mut r = GenerateRequest::new(vec![Message { role: Role::User, content }]);
+    r.max_tokens = max_tokens;
+    r.sampling = SamplerParams { seed: 1, ..SamplerParams::default() };
+    r
+}
+
+#[test]
+fn two_sequences_in_one_decode_equal_two_single_runs() {
+    let tiny = common::tiny_models();
+    let model = Model::load(&tiny.model, &ModelParams::default()).unwrap();
+    let mut rt = Runtime::new(&model, None, &test_config(512, 2)).unwrap();
+    let rows = TokenEmbeddings::open(&tiny.model, model.n_embd(), model.token_row_scale()).unwrap();
+    let tokens = model.tokenize("The colour of the image is", false, false).unwrap();
+    let width = model.n_embd_inp();
+    let scaled = |w: f32| {
+        let mut out = Vec::new();
+        rows.append_rows(&tokens, w, width, &mut out).unwrap();
+        out
+    };
+    let weights = [1.0f32, 0.5];
+    let n = tokens.len();
+
+    let mut single = Vec::new();
+    for w in weights {
+        rt.context().clear_memory();
+        let mut b = Batch::embeddings(n, width);
+        for (i, row) in scaled(w).chunks_exact(width).enumerate() {
+            b.push_row(row, i as i32, 0, i + 1 == n).unwrap();
+        }
+        rt.context().decode(&b).unwrap();
+        single.push(rt.context().logits(-1).unwrap().to_vec());
+    }
+
+    rt.context().clear_memory();
+    let mut b = Batch::embeddings(2 * n, width);
+    for (seq, w) in weights.iter().enumerate() {
+        for (i, row) in scaled(*w).chunks_exact(width).enumerate() {
+            b.push_row(row, i as i32, seq as i32, i + 1 == n).unwrap();
+        }
+    }
+    rt.context().decode(&b).unwrap();
+    for seq in 0..2 {
+        let joint = rt.context().logits((seq * n + n - 1) as i32).unwrap();
+        let diff = max_abs_diff(joint, &single[seq]);
+        assert!(diff <= 1e-5, "sequence {seq} differs from its single run by {diff}");
+    }
+    assert!(max_abs_diff(&single[0], &single[1]) > 1e-3, "the two weights should give different logits");
+    // Removing one sequence leaves the other intact.
+    assert!(rt.context().remove_seq(1, -1, -1));
+    assert_eq!(rt.context().seq_pos_max(1), -1);
+    assert_eq!(rt.context().seq_pos_max(0), n as i32 - 1);
+}
+
+#[test]
+fn missing_and_truncated_files_are_typed_errors() {
+    let missing = Model::load(std::path::Path::new("/nonexistent/model.gguf"), &ModelParams::default());
+    assert!(matches!(missing, Err(LlamaError::FileNotFound(_))));
+
+    let tiny = common::tiny_models();
+    let bytes = std::fs::read(&tiny.model).unwrap();
+    let truncated = common::scratch().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    match Model::load(&truncated, &ModelParams::default()) {
+        Err(LlamaError::ModelLoad { reason, .. }) => assert!(!reason.is_empty()),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a truncated GGUF loaded"),
+    }
+    // Cut inside the token table (the header is ~10 kB, the table follows it).
+    let cut_table = common::scratch().join("cut-table.gguf");
+    std::fs::write(&cut_table, &bytes[..30_000]).unwrap();
+    match TokenEmbeddings::open(&cut_table, 64, 1.0) {
+        Err(LlamaError::Gguf { .. }) => {}
+        other => panic!("expected a GGUF error, got {:?}", other.err()),
+    }
+    let config = EngineConfig::new(&truncated, None);
+    assert!(matches!(EngineHandle::start(config), Err(EngineError::Llama(LlamaError::ModelLoad { .. }))));
+}
+
+#[test]
+fn mmproj_of_the_wrong_width_names_both_widths() {
+    let tiny = common::tiny_models();
+    let wrong = common::scratch().join("mmproj-32.gguf");
+    llama_dms::models::tiny::write_random_mmproj(&wrong, 32, 1).unwrap();
+    let config = EngineConfig::new(&tiny.model, Some(wrong));
+    match EngineHandle::start(config) {
+        Err(e @ EngineError::Llama(LlamaError::WidthMismatch { mmproj: 32, model: 64, .. })) => {
+            let msg = e.to_string();
+            assert!(msg.contains("32") && msg.contains("64"), "{msg}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("mismatched mmproj was accepted"),
+    }
+}
+
+#[test]
+fn bad_images_and_overlong_prompts_fail_the_request_not_the_engine() {
+    let engine = tiny_engine(256);
+    let (_, last) = collect(&engine, ask("what is this?", Some(b"definitely not an image".to_vec()), 4));
+    assert!(matches!(last, Event::Error(EngineError::Image { index: 0, source: ImageError::UnknownFormat })));
+
+    let long = "the image ".repeat(400);
+    let (_, last) = collect(&engine, ask(&long, None, 4));
+    match last {
+        Event::Error(e @ EngineError::Llama(LlamaError::ContextFull { n_ctx: 256, .. })) => assert!(e.is_client_error()),
+        other => panic!("expected a context-full error, got {other:?}"),
+    }
+
+    let mut weights = ask("hi", Some(png(8, 8, [1, 2, 3])), 4);
+    weights.weights = Some(llama_dms::engine::ModalityWeights { images: vec![], text: 1.0 });
+    let (_, last) = collect(&engine, weights);
+    assert!(matches!(last, Event::Error(EngineError::InvalidRequest(_))));
+
+    // The engine still answers.
+    let (text, last) = collect(&engine, ask("hello", Some(png(32, 32, [200, 0, 0])), 5));
+    assert!(matches!(last, Event::Done(_)), "{last:?}");
+    assert!(!text.is_empty());
+}
+
+#[test]
+fn generation_streams_tokens_and_reports_usage() {
+    let engine = tiny_engine(1024);
+    let mut request = ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12);
+    request.weights = Some(llama_dms::engine::ModalityWeights { images: vec![0.7], text: 1.2 });
+    let (text, last) = collect(&engine, request);
+    let Event::Done(done) = last else { panic!("expected done, got {last:?}") };
+    assert!(!text.is_empty());
+    assert!(done.usage.completion_tokens > 0 && done.usage.completion_tokens <= 12);
+    assert!(done.usage.prompt_tokens >= 16, "16 image tokens plus text");
+    assert!(done.timings.image_encode_ms > 0.0 && done.timings.decode_ms > 0.0);
+    assert_eq!(done.weights.unwrap().images, vec![0.7]);
+
+    // Same seed, same request: same answer.
+    let again = collect(&engine, ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12));
+    let again2 = collect(&engine, ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12));
+    assert_eq!(again.0, again2.0);
+}
+
+#[test]
+fn dropping_the_stream_cancels_and_the_next_request_works() {
+    let engine = tiny_engine(2048);
+    let mut request = ask("Tell me a long story.", None, 1800);
+    request.sampling.temperature = 1.0;
+    let mut events = engine.submit(request).unwrap();
+    match events.blocking_recv() {
+        Some(Event::Text(_)) => {}
+        other => panic!("expected text first, got {other:?}"),
+    }
+    drop(events);
+
+    let started = Instant::now();
+    let (text, last) = collect(&engine, ask("hello", None, 4));
+    assert!(matches!(last, Event::Done(_)), "{last:?}");
+    assert!(!text.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(30), "the cancelled request kept the worker busy");
+    let stats = engine.stats();
+    assert_eq!((stats.cancelled, stats.completed), (1, 1), "{stats:?}");
+    assert!(stats.generated_tokens < 1800, "the cancelled request ran to the end: {stats:?}");
+}
+
+#[test]
+fn a_full_queue_is_refused_immediately() {
+    let tiny = common::tiny_models();
+    let mut config = EngineConfig::new(&tiny.model, None);
+    config.runtime = test_config(2048, 1);
+    config.queue_capacity = 1;
+    let engine = EngineHandle::start(config).unwrap();
+    let long = || ask("Tell me a long story.", None, 1500);
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        match engine.submit(long()) {
+            Ok(s) => streams.push(s),
+            Err(EngineError::QueueFull) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(refused > 0, "a queue of one accepted six long requests");
+    drop(streams);
+}
