@@ -9,14 +9,19 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{
-    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, Message, ModalityWeights, Role,
+    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, Message,
+    ModalityWeights, Role,
 };
 use crate::llama::{default_threads, ContextParams, LlamaError, SamplerParams};
 use crate::models;
 
 /// Command line of `llama-dms`.
 #[derive(Debug, Parser)]
-#[command(name = "llama-dms", version, about = "Multimodal GGUF models on llama.cpp with Dynamic Modality Scheduling")]
+#[command(
+    name = "llama-dms",
+    version,
+    about = "Multimodal GGUF models on llama.cpp with Dynamic Modality Scheduling"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -45,6 +50,22 @@ pub enum ModelsCommand {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Write a random LLaVA mmproj whose rows fit a text model of width `--n-embd` (for trying
+    /// the image path on any text model; it sees nothing meaningful).
+    RandomMmproj {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The text model's embedding width (576 for SmolLM2-135M).
+        #[arg(long)]
+        n_embd: usize,
+        /// Standard deviation of the output rows (match the model's token embeddings).
+        #[arg(long, default_value_t = 0.1)]
+        std: f32,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 /// Model and runtime flags shared by the commands that load a model.
@@ -57,7 +78,12 @@ pub struct ModelArgs {
     #[arg(long, env = "LLAMA_DMS_MMPROJ")]
     pub mmproj: Option<PathBuf>,
     /// Layers to offload to the GPU (needs a cuda/vulkan/metal build; -1 = all).
-    #[arg(long, env = "LLAMA_DMS_N_GPU_LAYERS", default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "LLAMA_DMS_N_GPU_LAYERS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub n_gpu_layers: i32,
     /// CPU threads (default: available cores).
     #[arg(long, short = 't', env = "LLAMA_DMS_THREADS")]
@@ -101,7 +127,10 @@ pub struct RunArgs {
 impl ModelArgs {
     /// Checks the files exist and builds the engine configuration.
     pub fn engine_config(&self) -> Result<EngineConfig, String> {
-        for (what, path) in [("model", Some(&self.model)), ("mmproj", self.mmproj.as_ref())] {
+        for (what, path) in [
+            ("model", Some(&self.model)),
+            ("mmproj", self.mmproj.as_ref()),
+        ] {
             if let Some(p) = path {
                 if !p.is_file() {
                     return Err(format!("{what} file not found: {}", p.display()));
@@ -109,7 +138,10 @@ impl ModelArgs {
             }
         }
         if self.ctx_size < 64 {
-            return Err(format!("--ctx-size {} is too small (at least 64)", self.ctx_size));
+            return Err(format!(
+                "--ctx-size {} is too small (at least 64)",
+                self.ctx_size
+            ));
         }
         let mut config = EngineConfig::new(&self.model, self.mmproj.clone());
         config.n_gpu_layers = self.n_gpu_layers;
@@ -127,13 +159,35 @@ impl ModelArgs {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run_once(&args),
-        Command::Models(ModelsCommand::Tiny { out, seed }) => match models::tiny::write_tiny_models(&out, seed) {
-            Ok(paths) => {
-                println!("{}\n{}", paths.model.display(), paths.mmproj.display());
-                ExitCode::SUCCESS
+        Command::Models(ModelsCommand::Tiny { out, seed }) => {
+            match models::tiny::write_tiny_models(&out, seed) {
+                Ok(paths) => {
+                    println!("{}\n{}", paths.model.display(), paths.mmproj.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(
+                    2,
+                    &format!("cannot write the tiny models to {}: {e}", out.display()),
+                ),
             }
-            Err(e) => fail(2, &format!("cannot write the tiny models to {}: {e}", out.display())),
-        },
+        }
+        Command::Models(ModelsCommand::RandomMmproj {
+            out,
+            n_embd,
+            std,
+            seed,
+        }) => {
+            if n_embd == 0 || !(std.is_finite() && std > 0.0) {
+                return fail(2, "--n-embd and --std must be positive");
+            }
+            match models::tiny::write_random_mmproj_scaled(&out, n_embd, std, seed) {
+                Ok(()) => {
+                    println!("{}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &format!("cannot write {}: {e}", out.display())),
+            }
+        }
     }
 }
 
@@ -179,18 +233,26 @@ fn run_once(args: &RunArgs) -> ExitCode {
     if let Some(system) = &args.system {
         messages.push(Message::text(Role::System, system.clone()));
     }
-    messages.push(Message { role: Role::User, content });
-    let weights = (args.image_weight.is_some() || args.text_weight.is_some()).then(|| ModalityWeights {
-        images: vec![args.image_weight.unwrap_or(1.0); args.images.len()],
-        text: args.text_weight.unwrap_or(1.0),
+    messages.push(Message {
+        role: Role::User,
+        content,
     });
+    let weights =
+        (args.image_weight.is_some() || args.text_weight.is_some()).then(|| ModalityWeights {
+            images: vec![args.image_weight.unwrap_or(1.0); args.images.len()],
+            text: args.text_weight.unwrap_or(1.0),
+        });
     let engine = match EngineHandle::start(config) {
         Ok(e) => e,
         Err(e) => return fail(exit_code(&e), &e.to_string()),
     };
     let request = GenerateRequest {
         messages,
-        sampling: SamplerParams { temperature: args.temperature, seed: args.seed, ..SamplerParams::default() },
+        sampling: SamplerParams {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..SamplerParams::default()
+        },
         max_tokens: args.max_tokens,
         stop: Vec::new(),
         weights,

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::{max_abs_diff, png, test_config};
 use llama_dms::engine::{
-    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, ImageError, Message, Role, Runtime,
+    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, ImageError,
+    Message, Role, Runtime,
 };
 use llama_dms::llama::{Batch, LlamaError, Model, ModelParams, SamplerParams, TokenEmbeddings};
 
@@ -23,7 +24,10 @@ fn collect(engine: &EngineHandle, request: GenerateRequest) -> (String, Event) {
     let mut events = engine.submit(request).expect("submit");
     let mut text = String::new();
     loop {
-        match events.blocking_recv().expect("stream ended without a final event") {
+        match events
+            .blocking_recv()
+            .expect("stream ended without a final event")
+        {
             Event::Text(t) => text.push_str(&t),
             last => return (text, last),
         }
@@ -33,9 +37,15 @@ fn collect(engine: &EngineHandle, request: GenerateRequest) -> (String, Event) {
 fn ask(text: &str, image: Option<Vec<u8>>, max_tokens: usize) -> GenerateRequest {
     let mut content: Vec<ContentPart> = image.into_iter().map(ContentPart::Image).collect();
     content.push(ContentPart::Text(text.into()));
-    let mut r = GenerateRequest::new(vec![Message { role: Role::User, content }]);
+    let mut r = GenerateRequest::new(vec![Message {
+        role: Role::User,
+        content,
+    }]);
     r.max_tokens = max_tokens;
-    r.sampling = SamplerParams { seed: 1, ..SamplerParams::default() };
+    r.sampling = SamplerParams {
+        seed: 1,
+        ..SamplerParams::default()
+    };
     r
 }
 
@@ -45,7 +55,9 @@ fn two_sequences_in_one_decode_equal_two_single_runs() {
     let model = Model::load(&tiny.model, &ModelParams::default()).unwrap();
     let mut rt = Runtime::new(&model, None, &test_config(512, 2)).unwrap();
     let rows = TokenEmbeddings::open(&tiny.model, model.n_embd(), model.token_row_scale()).unwrap();
-    let tokens = model.tokenize("The colour of the image is", false, false).unwrap();
+    let tokens = model
+        .tokenize("The colour of the image is", false, false)
+        .unwrap();
     let width = model.n_embd_inp();
     let scaled = |w: f32| {
         let mut out = Vec::new();
@@ -74,12 +86,18 @@ fn two_sequences_in_one_decode_equal_two_single_runs() {
         }
     }
     rt.context().decode(&b).unwrap();
-    for seq in 0..2 {
+    for (seq, alone) in single.iter().enumerate() {
         let joint = rt.context().logits((seq * n + n - 1) as i32).unwrap();
-        let diff = max_abs_diff(joint, &single[seq]);
-        assert!(diff <= 1e-5, "sequence {seq} differs from its single run by {diff}");
+        let diff = max_abs_diff(joint, alone);
+        assert!(
+            diff <= 1e-5,
+            "sequence {seq} differs from its single run by {diff}"
+        );
     }
-    assert!(max_abs_diff(&single[0], &single[1]) > 1e-3, "the two weights should give different logits");
+    assert!(
+        max_abs_diff(&single[0], &single[1]) > 1e-3,
+        "the two weights should give different logits"
+    );
     // Removing one sequence leaves the other intact.
     assert!(rt.context().remove_seq(1, -1, -1));
     assert_eq!(rt.context().seq_pos_max(1), -1);
@@ -88,7 +106,10 @@ fn two_sequences_in_one_decode_equal_two_single_runs() {
 
 #[test]
 fn missing_and_truncated_files_are_typed_errors() {
-    let missing = Model::load(std::path::Path::new("/nonexistent/model.gguf"), &ModelParams::default());
+    let missing = Model::load(
+        std::path::Path::new("/nonexistent/model.gguf"),
+        &ModelParams::default(),
+    );
     assert!(matches!(missing, Err(LlamaError::FileNotFound(_))));
 
     let tiny = common::tiny_models();
@@ -108,7 +129,10 @@ fn missing_and_truncated_files_are_typed_errors() {
         other => panic!("expected a GGUF error, got {:?}", other.err()),
     }
     let config = EngineConfig::new(&truncated, None);
-    assert!(matches!(EngineHandle::start(config), Err(EngineError::Llama(LlamaError::ModelLoad { .. }))));
+    assert!(matches!(
+        EngineHandle::start(config),
+        Err(EngineError::Llama(LlamaError::ModelLoad { .. }))
+    ));
 }
 
 #[test]
@@ -118,7 +142,13 @@ fn mmproj_of_the_wrong_width_names_both_widths() {
     llama_dms::models::tiny::write_random_mmproj(&wrong, 32, 1).unwrap();
     let config = EngineConfig::new(&tiny.model, Some(wrong));
     match EngineHandle::start(config) {
-        Err(e @ EngineError::Llama(LlamaError::WidthMismatch { mmproj: 32, model: 64, .. })) => {
+        Err(
+            e @ EngineError::Llama(LlamaError::WidthMismatch {
+                mmproj: 32,
+                model: 64,
+                ..
+            }),
+        ) => {
             let msg = e.to_string();
             assert!(msg.contains("32") && msg.contains("64"), "{msg}");
         }
@@ -130,18 +160,36 @@ fn mmproj_of_the_wrong_width_names_both_widths() {
 #[test]
 fn bad_images_and_overlong_prompts_fail_the_request_not_the_engine() {
     let engine = tiny_engine(256);
-    let (_, last) = collect(&engine, ask("what is this?", Some(b"definitely not an image".to_vec()), 4));
-    assert!(matches!(last, Event::Error(EngineError::Image { index: 0, source: ImageError::UnknownFormat })));
+    let (_, last) = collect(
+        &engine,
+        ask(
+            "what is this?",
+            Some(b"definitely not an image".to_vec()),
+            4,
+        ),
+    );
+    assert!(matches!(
+        last,
+        Event::Error(EngineError::Image {
+            index: 0,
+            source: ImageError::UnknownFormat
+        })
+    ));
 
     let long = "the image ".repeat(400);
     let (_, last) = collect(&engine, ask(&long, None, 4));
     match last {
-        Event::Error(e @ EngineError::Llama(LlamaError::ContextFull { n_ctx: 256, .. })) => assert!(e.is_client_error()),
+        Event::Error(e @ EngineError::Llama(LlamaError::ContextFull { n_ctx: 256, .. })) => {
+            assert!(e.is_client_error())
+        }
         other => panic!("expected a context-full error, got {other:?}"),
     }
 
     let mut weights = ask("hi", Some(png(8, 8, [1, 2, 3])), 4);
-    weights.weights = Some(llama_dms::engine::ModalityWeights { images: vec![], text: 1.0 });
+    weights.weights = Some(llama_dms::engine::ModalityWeights {
+        images: vec![],
+        text: 1.0,
+    });
     let (_, last) = collect(&engine, weights);
     assert!(matches!(last, Event::Error(EngineError::InvalidRequest(_))));
 
@@ -155,9 +203,14 @@ fn bad_images_and_overlong_prompts_fail_the_request_not_the_engine() {
 fn generation_streams_tokens_and_reports_usage() {
     let engine = tiny_engine(1024);
     let mut request = ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12);
-    request.weights = Some(llama_dms::engine::ModalityWeights { images: vec![0.7], text: 1.2 });
+    request.weights = Some(llama_dms::engine::ModalityWeights {
+        images: vec![0.7],
+        text: 1.2,
+    });
     let (text, last) = collect(&engine, request);
-    let Event::Done(done) = last else { panic!("expected done, got {last:?}") };
+    let Event::Done(done) = last else {
+        panic!("expected done, got {last:?}")
+    };
     assert!(!text.is_empty());
     assert!(done.usage.completion_tokens > 0 && done.usage.completion_tokens <= 12);
     assert!(done.usage.prompt_tokens >= 16, "16 image tokens plus text");
@@ -165,8 +218,14 @@ fn generation_streams_tokens_and_reports_usage() {
     assert_eq!(done.weights.unwrap().images, vec![0.7]);
 
     // Same seed, same request: same answer.
-    let again = collect(&engine, ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12));
-    let again2 = collect(&engine, ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12));
+    let again = collect(
+        &engine,
+        ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12),
+    );
+    let again2 = collect(
+        &engine,
+        ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12),
+    );
     assert_eq!(again.0, again2.0);
 }
 
@@ -186,10 +245,16 @@ fn dropping_the_stream_cancels_and_the_next_request_works() {
     let (text, last) = collect(&engine, ask("hello", None, 4));
     assert!(matches!(last, Event::Done(_)), "{last:?}");
     assert!(!text.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(30), "the cancelled request kept the worker busy");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the cancelled request kept the worker busy"
+    );
     let stats = engine.stats();
     assert_eq!((stats.cancelled, stats.completed), (1, 1), "{stats:?}");
-    assert!(stats.generated_tokens < 1800, "the cancelled request ran to the end: {stats:?}");
+    assert!(
+        stats.generated_tokens < 1800,
+        "the cancelled request ran to the end: {stats:?}"
+    );
 }
 
 #[test]

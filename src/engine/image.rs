@@ -37,7 +37,11 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageErro
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     match reader.format() {
         Some(
-            ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp,
+            ImageFormat::Png
+            | ImageFormat::Jpeg
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp,
         ) => {}
         _ => return Err(ImageError::UnknownFormat),
     }
@@ -48,7 +52,11 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageErro
         return Err(ImageError::Corrupt("image has no pixels".into()));
     }
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ImageError::TooLarge { width, height, limit: max_pixels });
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            limit: max_pixels,
+        });
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -57,9 +65,15 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageErro
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
     reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let decoded = reader
+        .decode()
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let rgb = decoded.into_rgb8();
-    Ok(RgbImage { width: rgb.width(), height: rgb.height(), pixels: rgb.into_raw() })
+    Ok(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        pixels: rgb.into_raw(),
+    })
 }
 
 #[cfg(test)]
@@ -82,9 +96,18 @@ mod tests {
 
     #[test]
     fn refuses_non_images_truncation_and_oversize() {
-        assert_eq!(decode_image(b"hello world", 100), Err(ImageError::UnknownFormat));
+        assert_eq!(
+            decode_image(b"hello world", 100),
+            Err(ImageError::UnknownFormat)
+        );
         let bytes = png(16, 16);
-        assert!(matches!(decode_image(&bytes[..bytes.len() / 2], 1000), Err(ImageError::Corrupt(_))));
-        assert!(matches!(decode_image(&bytes, 100), Err(ImageError::TooLarge { .. })));
+        assert!(matches!(
+            decode_image(&bytes[..bytes.len() / 2], 1000),
+            Err(ImageError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_image(&bytes, 100),
+            Err(ImageError::TooLarge { .. })
+        ));
     }
 }

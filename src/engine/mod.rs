@@ -55,7 +55,9 @@ impl EngineError {
             self,
             EngineError::Image { .. }
                 | EngineError::InvalidRequest(_)
-                | EngineError::Llama(LlamaError::ContextFull { .. } | LlamaError::Tokenize(_) | LlamaError::Image(_))
+                | EngineError::Llama(
+                    LlamaError::ContextFull { .. } | LlamaError::Tokenize(_) | LlamaError::Image(_)
+                )
         )
     }
 }
@@ -72,7 +74,10 @@ pub struct ModalityWeights {
 impl ModalityWeights {
     /// All weights 1 (plain fusion).
     pub fn uniform(n_images: usize) -> Self {
-        Self { images: vec![1.0; n_images], text: 1.0 }
+        Self {
+            images: vec![1.0; n_images],
+            text: 1.0,
+        }
     }
 
     /// Checks there is one finite, non-negative weight per image.
@@ -83,8 +88,15 @@ impl ModalityWeights {
                 self.images.len()
             )));
         }
-        if self.images.iter().chain([&self.text]).any(|w| !w.is_finite() || *w < 0.0) {
-            return Err(EngineError::InvalidRequest("weights must be finite and non-negative".into()));
+        if self
+            .images
+            .iter()
+            .chain([&self.text])
+            .any(|w| !w.is_finite() || *w < 0.0)
+        {
+            return Err(EngineError::InvalidRequest(
+                "weights must be finite and non-negative".into(),
+            ));
         }
         Ok(())
     }
@@ -108,7 +120,13 @@ pub struct GenerateRequest {
 impl GenerateRequest {
     /// A request with default sampling and no weighting.
     pub fn new(messages: Vec<Message>) -> Self {
-        Self { messages, sampling: SamplerParams::default(), max_tokens: 256, stop: Vec::new(), weights: None }
+        Self {
+            messages,
+            sampling: SamplerParams::default(),
+            max_tokens: 256,
+            stop: Vec::new(),
+            weights: None,
+        }
     }
 }
 
@@ -136,7 +154,7 @@ pub struct Usage {
 /// Where the time went, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
-    /// Vision encoder time.
+    /// Vision encoder time (0 when llama.cpp evaluated the unweighted prompt in one call).
     pub image_encode_ms: f64,
     /// Prompt processing time (excluding image encoding).
     pub prefill_ms: f64,
@@ -260,7 +278,8 @@ pub struct StatsSnapshot {
 impl EngineStats {
     fn record(&self, counter: &AtomicU64, tokens: usize) {
         counter.fetch_add(1, Ordering::Relaxed);
-        self.generated_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        self.generated_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
     /// The current counts.
@@ -299,7 +318,11 @@ impl EngineHandle {
             .spawn(move || worker::run(config, queue, ready_tx, &worker_stats))
             .map_err(|e| EngineError::Internal(format!("cannot spawn the engine thread: {e}")))?;
         let info = ready_rx.recv().map_err(|_| EngineError::ShutDown)??;
-        Ok(Self { jobs, info: Arc::new(info), stats })
+        Ok(Self {
+            jobs,
+            info: Arc::new(info),
+            stats,
+        })
     }
 
     /// What the worker has done so far.
@@ -315,10 +338,12 @@ impl EngineHandle {
     /// Queues a request; fails at once with [`EngineError::QueueFull`] when the queue is full.
     pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
         let (events, rx) = tmpsc::unbounded_channel();
-        self.jobs.try_send(Job { request, events }).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => EngineError::QueueFull,
-            mpsc::TrySendError::Disconnected(_) => EngineError::ShutDown,
-        })?;
+        self.jobs
+            .try_send(Job { request, events })
+            .map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => EngineError::QueueFull,
+                mpsc::TrySendError::Disconnected(_) => EngineError::ShutDown,
+            })?;
         Ok(EventStream { rx })
     }
 }

@@ -2,7 +2,9 @@
 //! the result is cut into pieces that know what they are (template text, user text, image), so
 //! that only user text and images are ever weighted.
 
-use crate::llama::{apply_chat_template, Bitmap, ChatMessage, Chunks, Model, Mtmd, PromptPart, Token};
+use crate::llama::{
+    apply_chat_template, Bitmap, ChatMessage, Chunks, Model, Mtmd, PromptPart, Token,
+};
 
 use super::image::RgbImage;
 use super::EngineError;
@@ -50,7 +52,10 @@ pub struct Message {
 impl Message {
     /// A text-only message.
     pub fn text(role: Role, text: impl Into<String>) -> Self {
-        Self { role, content: vec![ContentPart::Text(text.into())] }
+        Self {
+            role,
+            content: vec![ContentPart::Text(text.into())],
+        }
     }
 }
 
@@ -85,7 +90,9 @@ const IMAGE_MARK: char = '\u{E001}';
 const END_MARK: char = '\u{E002}';
 
 fn strip_marks(s: &str) -> String {
-    s.chars().filter(|c| !matches!(*c, TEXT_MARK | IMAGE_MARK | END_MARK)).collect()
+    s.chars()
+        .filter(|c| !matches!(*c, TEXT_MARK | IMAGE_MARK | END_MARK))
+        .collect()
 }
 
 impl Prompt {
@@ -118,7 +125,10 @@ impl Prompt {
                     }
                 }
             }
-            chat.push(ChatMessage { role: m.role.as_str().to_string(), content });
+            chat.push(ChatMessage {
+                role: m.role.as_str().to_string(),
+                content,
+            });
         }
         if n_images != images.len() {
             return Err(EngineError::InvalidRequest(format!(
@@ -141,12 +151,14 @@ impl Prompt {
         let mut pieces = Vec::with_capacity(segments.len());
         for seg in &segments {
             match seg {
-                Segment::Template(s) => {
-                    pieces.push(Piece::Text { tokens: model.tokenize(s, false, true)?, user: false })
-                }
-                Segment::UserText(k) => {
-                    pieces.push(Piece::Text { tokens: model.tokenize(&user_texts[*k], false, false)?, user: true })
-                }
+                Segment::Template(s) => pieces.push(Piece::Text {
+                    tokens: model.tokenize(s, false, true)?,
+                    user: false,
+                }),
+                Segment::UserText(k) => pieces.push(Piece::Text {
+                    tokens: model.tokenize(&user_texts[*k], false, false)?,
+                    user: true,
+                }),
                 Segment::Image(k) => {
                     let mtmd = mtmd.expect("checked above: images need mtmd");
                     let chunks = mtmd.tokenize(&[PromptPart::Image(&bitmaps[*k])])?;
@@ -160,7 +172,13 @@ impl Prompt {
             Piece::Image { .. } => None,
         });
         let bos = (model.add_bos() && first != Some(model.token_bos())).then(|| model.token_bos());
-        Ok(Self { bos, pieces, segments, user_texts, bitmaps })
+        Ok(Self {
+            bos,
+            pieces,
+            segments,
+            user_texts,
+            bitmaps,
+        })
     }
 
     /// Number of images in the prompt.
@@ -201,8 +219,14 @@ impl Prompt {
             .segments
             .iter()
             .map(|s| match s {
-                Segment::Template(t) => PromptPart::Text { text: t, parse_special: true },
-                Segment::UserText(k) => PromptPart::Text { text: &self.user_texts[*k], parse_special: false },
+                Segment::Template(t) => PromptPart::Text {
+                    text: t,
+                    parse_special: true,
+                },
+                Segment::UserText(k) => PromptPart::Text {
+                    text: &self.user_texts[*k],
+                    parse_special: false,
+                },
                 Segment::Image(k) => PromptPart::Image(&self.bitmaps[*k]),
             })
             .collect();
@@ -215,7 +239,9 @@ impl Prompt {
         for p in &self.pieces {
             match p {
                 Piece::Text { tokens, .. } => out.extend_from_slice(tokens),
-                Piece::Image { chunks, .. } => chunks.iter().for_each(|c| out.extend_from_slice(c.tokens())),
+                Piece::Image { chunks, .. } => chunks
+                    .iter()
+                    .for_each(|c| out.extend_from_slice(c.tokens())),
             }
         }
         out
@@ -223,12 +249,20 @@ impl Prompt {
 }
 
 /// Cuts the rendered template at our placeholders; each must appear exactly once.
-fn split_rendered(rendered: &str, n_texts: usize, n_images: usize) -> Result<Vec<Segment>, EngineError> {
+fn split_rendered(
+    rendered: &str,
+    n_texts: usize,
+    n_images: usize,
+) -> Result<Vec<Segment>, EngineError> {
     let mut segments = Vec::new();
     let mut seen_text = vec![false; n_texts];
     let mut seen_image = vec![false; n_images];
     let mut rest = rendered;
-    let dropped = || EngineError::InvalidRequest("the chat template dropped or repeated part of the conversation".into());
+    let dropped = || {
+        EngineError::InvalidRequest(
+            "the chat template dropped or repeated part of the conversation".into(),
+        )
+    };
     while let Some(at) = rest.find([TEXT_MARK, IMAGE_MARK]) {
         if at > 0 {
             segments.push(Segment::Template(rest[..at].to_string()));
@@ -237,12 +271,20 @@ fn split_rendered(rendered: &str, n_texts: usize, n_images: usize) -> Result<Vec
         let body = &rest[at + mark.len_utf8()..];
         let end = body.find(END_MARK).ok_or_else(dropped)?;
         let k: usize = body[..end].parse().map_err(|_| dropped())?;
-        let seen = if mark == TEXT_MARK { &mut seen_text } else { &mut seen_image };
+        let seen = if mark == TEXT_MARK {
+            &mut seen_text
+        } else {
+            &mut seen_image
+        };
         match seen.get_mut(k) {
             Some(s) if !*s => *s = true,
             _ => return Err(dropped()),
         }
-        segments.push(if mark == TEXT_MARK { Segment::UserText(k) } else { Segment::Image(k) });
+        segments.push(if mark == TEXT_MARK {
+            Segment::UserText(k)
+        } else {
+            Segment::Image(k)
+        });
         rest = &body[end + END_MARK.len_utf8()..];
     }
     if !rest.is_empty() {

@@ -13,18 +13,12 @@ use super::text::{Fed, TextStream};
 use super::{EngineError, FinishReason, ModalityWeights};
 
 /// Settings of a [`Runtime`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
     /// Context parameters (window, batch, threads, sequences, hidden states).
     pub context: ContextParams,
     /// Run the vision encoder on the GPU when available.
     pub mtmd_use_gpu: bool,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self { context: ContextParams::default(), mtmd_use_gpu: false }
-    }
 }
 
 /// What a prefill did.
@@ -59,17 +53,29 @@ pub struct Runtime<'m> {
 
 impl<'m> Runtime<'m> {
     /// Creates the context (and projector, when `mmproj` is given) for `model`.
-    pub fn new(model: &'m Model, mmproj: Option<&Path>, config: &RuntimeConfig) -> Result<Self, EngineError> {
+    pub fn new(
+        model: &'m Model,
+        mmproj: Option<&Path>,
+        config: &RuntimeConfig,
+    ) -> Result<Self, EngineError> {
         let rows = TokenEmbeddings::open(model.path(), model.n_embd(), model.token_row_scale())?;
         let mtmd = match mmproj {
             Some(p) => {
-                let params = MtmdParams { use_gpu: config.mtmd_use_gpu, n_threads: config.context.n_threads };
+                let params = MtmdParams {
+                    use_gpu: config.mtmd_use_gpu,
+                    n_threads: config.context.n_threads,
+                };
                 Some(Mtmd::new(model, p, &params)?)
             }
             None => None,
         };
         let ctx = Context::new(model, &config.context)?;
-        Ok(Self { model, ctx, mtmd, rows })
+        Ok(Self {
+            model,
+            ctx,
+            mtmd,
+            rows,
+        })
     }
 
     /// The model.
@@ -95,14 +101,24 @@ impl<'m> Runtime<'m> {
     fn check_fits(&self, prompt: &Prompt) -> Result<(), EngineError> {
         let needed = prompt.n_positions() + 1;
         if needed > self.ctx.n_ctx() {
-            return Err(crate::llama::LlamaError::ContextFull { needed, n_ctx: self.ctx.n_ctx() }.into());
+            return Err(crate::llama::LlamaError::ContextFull {
+                needed,
+                n_ctx: self.ctx.n_ctx(),
+            }
+            .into());
         }
         Ok(())
     }
 
     /// Decodes rows in batches of at most `n_batch`, asking for logits on the very last row
     /// when `logits_last`.
-    fn decode_rows(&mut self, rows: &[f32], n_past: &mut i32, seq: i32, logits_last: bool) -> Result<(), EngineError> {
+    fn decode_rows(
+        &mut self,
+        rows: &[f32],
+        n_past: &mut i32,
+        seq: i32,
+        logits_last: bool,
+    ) -> Result<(), EngineError> {
         let width = self.model.n_embd_inp();
         let n_rows = rows.len() / width;
         let per_batch = self.ctx.n_batch().max(1);
@@ -121,7 +137,12 @@ impl<'m> Runtime<'m> {
 
     /// Prefills `prompt` into sequence `seq` (from position 0) as embedding rows: image rows are
     /// multiplied by their image weight, user-text rows by the text weight, everything else by 1.
-    pub fn prefill_weighted(&mut self, prompt: &Prompt, weights: &ModalityWeights, seq: i32) -> Result<Prefill, EngineError> {
+    pub fn prefill_weighted(
+        &mut self,
+        prompt: &Prompt,
+        weights: &ModalityWeights,
+        seq: i32,
+    ) -> Result<Prefill, EngineError> {
         weights.check(prompt.n_images())?;
         self.check_fits(prompt)?;
         let start = Instant::now();
@@ -141,7 +162,12 @@ impl<'m> Runtime<'m> {
                     for chunk in chunks.iter() {
                         match chunk.kind() {
                             ChunkKind::Image => {
-                                self.decode_rows(&std::mem::take(&mut pending), &mut out.n_past, seq, false)?;
+                                self.decode_rows(
+                                    &std::mem::take(&mut pending),
+                                    &mut out.n_past,
+                                    seq,
+                                    false,
+                                )?;
                                 let mtmd = self.mtmd.as_mut().ok_or_else(no_projector)?;
                                 let t = Instant::now();
                                 let mut rows = mtmd.encode(&chunk)?;
@@ -150,11 +176,22 @@ impl<'m> Runtime<'m> {
                                 if w != 1.0 {
                                     rows.iter_mut().for_each(|v| *v *= w);
                                 }
-                                out.n_past = mtmd.decode_image(&mut self.ctx, &chunk, &mut rows, out.n_past, seq)?;
+                                out.n_past = mtmd.decode_image(
+                                    &mut self.ctx,
+                                    &chunk,
+                                    &mut rows,
+                                    out.n_past,
+                                    seq,
+                                )?;
                             }
-                            ChunkKind::Text => self.rows.append_rows(chunk.tokens(), 1.0, width, &mut pending)?,
+                            ChunkKind::Text => {
+                                self.rows
+                                    .append_rows(chunk.tokens(), 1.0, width, &mut pending)?
+                            }
                             ChunkKind::Audio => {
-                                return Err(EngineError::InvalidRequest("audio input is not supported".into()))
+                                return Err(EngineError::InvalidRequest(
+                                    "audio input is not supported".into(),
+                                ))
                             }
                         }
                     }
@@ -162,7 +199,9 @@ impl<'m> Runtime<'m> {
             }
         }
         if pending.is_empty() {
-            return Err(EngineError::InvalidRequest("the prompt must end with text".into()));
+            return Err(EngineError::InvalidRequest(
+                "the prompt must end with text".into(),
+            ));
         }
         self.decode_rows(&pending, &mut out.n_past, seq, true)?;
         out.total = start.elapsed();
@@ -201,7 +240,11 @@ impl<'m> Runtime<'m> {
                 }
             }
         }
-        Ok(Prefill { n_past, image_encode: Duration::ZERO, total: start.elapsed() })
+        Ok(Prefill {
+            n_past,
+            image_encode: Duration::ZERO,
+            total: start.elapsed(),
+        })
     }
 
     /// Generates after a prefill that left logits on its last row. `emit` receives text pieces
@@ -256,7 +299,11 @@ impl<'m> Runtime<'m> {
                 emit(&rest);
             }
         }
-        Ok(Generation { completion_tokens: produced, finish_reason: finish, decode: start.elapsed() })
+        Ok(Generation {
+            completion_tokens: produced,
+            finish_reason: finish,
+            decode: start.elapsed(),
+        })
     }
 }
 

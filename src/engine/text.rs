@@ -21,7 +21,10 @@ pub enum Fed {
 impl TextStream {
     /// A stream that stops at any of `stops` (empty strings are ignored).
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), ..Self::default() }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ..Self::default()
+        }
     }
 
     /// Adds the bytes of one token.
@@ -40,12 +43,18 @@ impl TextStream {
         };
         let rest = self.bytes.split_off(valid);
         let complete = std::mem::replace(&mut self.bytes, rest);
-        self.held.push_str(std::str::from_utf8(&complete).unwrap_or_default());
+        self.held
+            .push_str(std::str::from_utf8(&complete).unwrap_or_default());
         self.release()
     }
 
     fn release(&mut self) -> Fed {
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let text = self.held[..at].to_string();
             self.held.clear();
             return Fed::Stop(text);
@@ -54,7 +63,12 @@ impl TextStream {
         let keep = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(move |&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(move |&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
             .filter(|p| self.held.ends_with(p))
             .map(str::len)
             .max()
@@ -104,8 +118,14 @@ mod tests {
 
     #[test]
     fn stop_string_across_tokens_is_cut() {
-        assert_eq!(run(&["END"], &[b"hello E", b"N", b"D more"]), ("hello ".into(), true));
-        assert_eq!(run(&["END"], &[b"hello E", b"x"]), ("hello Ex".into(), false));
+        assert_eq!(
+            run(&["END"], &[b"hello E", b"N", b"D more"]),
+            ("hello ".into(), true)
+        );
+        assert_eq!(
+            run(&["END"], &[b"hello E", b"x"]),
+            ("hello Ex".into(), false)
+        );
     }
 
     #[test]

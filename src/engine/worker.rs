@@ -8,8 +8,8 @@ use tokio::sync::mpsc as tmpsc;
 use crate::llama::{Model, ModelParams, Sampler};
 
 use super::{
-    decode_image, ContentPart, Done, EngineConfig, EngineError, EngineStats, Event, FinishReason, Job, ModelInfo,
-    Prompt, Runtime, Timings, Usage,
+    decode_image, ContentPart, Done, EngineConfig, EngineError, EngineStats, Event, FinishReason,
+    Job, ModelInfo, Prompt, Runtime, Timings, Usage,
 };
 
 /// Sequence used for the answer (DMS signal passes use the others).
@@ -21,7 +21,10 @@ pub(super) fn run(
     ready: mpsc::Sender<Result<ModelInfo, EngineError>>,
     stats: &EngineStats,
 ) {
-    let params = ModelParams { n_gpu_layers: config.n_gpu_layers, use_mmap: true };
+    let params = ModelParams {
+        n_gpu_layers: config.n_gpu_layers,
+        use_mmap: true,
+    };
     let model = match Model::load(&config.model, &params) {
         Ok(m) => m,
         Err(e) => {
@@ -37,7 +40,11 @@ pub(super) fn run(
         }
     };
     let info = ModelInfo {
-        name: config.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: config
+            .model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         description: model.description(),
         architecture: model.architecture(),
         n_ctx: rt.context().n_ctx(),
@@ -54,7 +61,9 @@ pub(super) fn run(
             stats.record(&stats.cancelled, 0);
             continue;
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| serve(&mut rt, &config, &job.request, &job.events)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            serve(&mut rt, &config, &job.request, &job.events)
+        }));
         rt.context().clear_memory();
         let event = match outcome {
             Ok(Ok(Served::Done(done))) => {
@@ -102,7 +111,10 @@ fn serve(
     for part in request.messages.iter().flat_map(|m| &m.content) {
         if let ContentPart::Image(bytes) = part {
             let index = images.len();
-            images.push(decode_image(bytes, config.max_image_pixels).map_err(|source| EngineError::Image { index, source })?);
+            images.push(
+                decode_image(bytes, config.max_image_pixels)
+                    .map_err(|source| EngineError::Image { index, source })?,
+            );
         }
     }
     let prompt = Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?;
@@ -115,14 +127,26 @@ fn serve(
     };
     let mut sampler = Sampler::new(rt.model(), &request.sampling)?;
     let mut emit = |piece: &str| events.send(Event::Text(piece.to_string())).is_ok();
-    let generation = rt.generate(prefill.n_past, ANSWER_SEQ, &mut sampler, request.max_tokens, &request.stop, &mut emit)?;
+    let generation = rt.generate(
+        prefill.n_past,
+        ANSWER_SEQ,
+        &mut sampler,
+        request.max_tokens,
+        &request.stop,
+        &mut emit,
+    )?;
     if generation.finish_reason == FinishReason::Cancelled {
-        return Ok(Served::Cancelled { generated: generation.completion_tokens });
+        return Ok(Served::Cancelled {
+            generated: generation.completion_tokens,
+        });
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     Ok(Served::Done(Done {
         finish_reason: generation.finish_reason,
-        usage: Usage { prompt_tokens: prompt.n_tokens(), completion_tokens: generation.completion_tokens },
+        usage: Usage {
+            prompt_tokens: prompt.n_tokens(),
+            completion_tokens: generation.completion_tokens,
+        },
         timings: Timings {
             image_encode_ms: ms(prefill.image_encode),
             prefill_ms: ms(prefill.total.saturating_sub(prefill.image_encode)),

@@ -28,10 +28,14 @@ impl Batch {
     fn new(capacity: usize, embd_width: Option<usize>) -> Self {
         let capacity = capacity.max(1);
         // SAFETY: allocates arrays for `capacity` entries with one sequence id each; freed in Drop.
-        let raw = unsafe {
-            sys::llama_batch_init(capacity as i32, embd_width.unwrap_or(0) as i32, 1)
-        };
-        Self { raw, capacity, embd_width, n_outputs: 0 }
+        let raw =
+            unsafe { sys::llama_batch_init(capacity as i32, embd_width.unwrap_or(0) as i32, 1) };
+        Self {
+            raw,
+            capacity,
+            embd_width,
+            n_outputs: 0,
+        }
     }
 
     /// Number of entries added so far.
@@ -63,7 +67,10 @@ impl Batch {
     fn push_meta(&mut self, pos: i32, seq: i32, output: bool) -> Result<usize> {
         let i = self.len();
         if i >= self.capacity {
-            return Err(LlamaError::Batch(format!("batch full ({} entries)", self.capacity)));
+            return Err(LlamaError::Batch(format!(
+                "batch full ({} entries)",
+                self.capacity
+            )));
         }
         // SAFETY: `i < capacity`, and llama_batch_init allocated `capacity` entries for pos,
         // n_seq_id, seq_id (each with room for one id) and logits.
@@ -81,7 +88,9 @@ impl Batch {
     /// Adds one token id at position `pos` of sequence `seq`.
     pub fn push_token(&mut self, token: Token, pos: i32, seq: i32, output: bool) -> Result<()> {
         if self.embd_width.is_some() {
-            return Err(LlamaError::Batch("token added to an embedding batch".into()));
+            return Err(LlamaError::Batch(
+                "token added to an embedding batch".into(),
+            ));
         }
         let i = self.push_meta(pos, seq, output)?;
         // SAFETY: token batches have a token array of `capacity` entries and `i < capacity`.
@@ -95,7 +104,10 @@ impl Batch {
             .embd_width
             .ok_or_else(|| LlamaError::Batch("row added to a token batch".into()))?;
         if row.len() != width {
-            return Err(LlamaError::Batch(format!("row of {} floats, batch width {width}", row.len())));
+            return Err(LlamaError::Batch(format!(
+                "row of {} floats, batch width {width}",
+                row.len()
+            )));
         }
         let i = self.push_meta(pos, seq, output)?;
         // SAFETY: embedding batches have `capacity * width` floats; row `i` starts at `i * width`

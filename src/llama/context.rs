@@ -68,7 +68,12 @@ impl<'m> Context<'m> {
         // SAFETY: the model pointer is valid and outlives the context ('m).
         let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), cp) };
         let ptr = NonNull::new(raw).ok_or_else(|| LlamaError::ContextInit(log::last_error()))?;
-        Ok(Self { ptr, model, params: params.clone(), _not_send: PhantomData })
+        Ok(Self {
+            ptr,
+            model,
+            params: params.clone(),
+            _not_send: PhantomData,
+        })
     }
 
     /// The raw pointer, for mtmd helpers.
@@ -109,7 +114,10 @@ impl<'m> Context<'m> {
         if code == 0 {
             Ok(())
         } else {
-            Err(LlamaError::Decode { code, reason: log::last_error() })
+            Err(LlamaError::Decode {
+                code,
+                reason: log::last_error(),
+            })
         }
     }
 
@@ -129,12 +137,16 @@ impl<'m> Context<'m> {
     /// Needs `hidden_states: true` in [`ContextParams`].
     pub fn hidden_state(&self, i: i32) -> Result<&[f32]> {
         if !self.params.hidden_states {
-            return Err(LlamaError::Batch("context created without hidden-state output".into()));
+            return Err(LlamaError::Batch(
+                "context created without hidden-state output".into(),
+            ));
         }
         // SAFETY: valid context; llama returns null for an index without output.
         let p = unsafe { sys::llama_get_embeddings_ith(self.ptr.as_ptr(), i) };
         if p.is_null() {
-            return Err(LlamaError::Batch(format!("no hidden state for batch index {i}")));
+            return Err(LlamaError::Batch(format!(
+                "no hidden state for batch index {i}"
+            )));
         }
         // SAFETY: a non-null embeddings row has n_embd floats, valid until the next decode.
         Ok(unsafe { std::slice::from_raw_parts(p, self.model.n_embd()) })

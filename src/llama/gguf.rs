@@ -29,9 +29,15 @@ impl TokenEmbeddings {
     /// Opens `token_embd.weight` of the model at `path`; rows are `n_embd` wide and multiplied by
     /// `scale` (the architecture's token-row scale, see [`super::Model::token_row_scale`]).
     pub fn open(path: &Path, n_embd: usize, scale: f32) -> Result<Self> {
-        let err = |reason: String| LlamaError::Gguf { path: path.to_path_buf(), reason };
+        let err = |reason: String| LlamaError::Gguf {
+            path: path.to_path_buf(),
+            reason,
+        };
         let c = c_path(path)?;
-        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let params = sys::gguf_init_params {
+            no_alloc: true,
+            ctx: std::ptr::null_mut(),
+        };
         // SAFETY: valid path; with no_alloc and no ctx only the header is read.
         let g = unsafe { sys::gguf_init_from_file(c.as_ptr(), params) };
         if g.is_null() {
@@ -61,13 +67,17 @@ impl TokenEmbeddings {
         // SAFETY: type traits are a static table indexed by a valid type id.
         let traits = unsafe { &*sys::ggml_get_type_traits(ggml_type) };
         if row_bytes == 0 || size % row_bytes != 0 {
-            return Err(err(format!("token_embd.weight is not a table of {n_embd}-wide rows")));
+            return Err(err(format!(
+                "token_embd.weight is not a table of {n_embd}-wide rows"
+            )));
         }
         let to_float = traits.to_float;
         if ggml_type != sys::GGML_TYPE_F32 && to_float.is_none() {
             // SAFETY: type_name is a static NUL-terminated string.
             let name = unsafe { CStr::from_ptr(traits.type_name) }.to_string_lossy();
-            return Err(err(format!("cannot dequantise token_embd.weight of type {name}")));
+            return Err(err(format!(
+                "cannot dequantise token_embd.weight of type {name}"
+            )));
         }
         let file = File::open(path).map_err(|e| err(e.to_string()))?;
         let len = file.metadata().map_err(|e| err(e.to_string()))?.len();
@@ -102,16 +112,29 @@ impl TokenEmbeddings {
 
     /// Appends the input rows of `tokens`, each multiplied by `weight` (and the token scale),
     /// padded with zeros up to `width` (for models whose `n_embd_inp` exceeds `n_embd`).
-    pub fn append_rows(&self, tokens: &[Token], weight: f32, width: usize, out: &mut Vec<f32>) -> Result<()> {
+    pub fn append_rows(
+        &self,
+        tokens: &[Token],
+        weight: f32,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let mut raw = vec![0u8; self.row_bytes];
         let factor = weight * self.scale;
         for &t in tokens {
-            let id = usize::try_from(t).ok().filter(|&i| i < self.n_rows).ok_or_else(|| {
-                LlamaError::Gguf { path: self.path.clone(), reason: format!("token {t} has no embedding row") }
-            })?;
+            let id = usize::try_from(t)
+                .ok()
+                .filter(|&i| i < self.n_rows)
+                .ok_or_else(|| LlamaError::Gguf {
+                    path: self.path.clone(),
+                    reason: format!("token {t} has no embedding row"),
+                })?;
             self.file
                 .read_exact_at(&mut raw, self.data_offset + (id * self.row_bytes) as u64)
-                .map_err(|e| LlamaError::Gguf { path: self.path.clone(), reason: e.to_string() })?;
+                .map_err(|e| LlamaError::Gguf {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
             let start = out.len();
             out.resize(start + width.max(self.n_embd), 0.0);
             let row = &mut out[start..start + self.n_embd];

@@ -58,7 +58,8 @@ extern "C" fn forward(level: sys::ggml_log_level, text: *const c_char, _user: *m
                 }
                 e.push_str(line);
             });
-            tracing::warn!(target: "llama.cpp", "{line}");
+            // Failing calls carry this text in their error, so it is not printed twice.
+            tracing::debug!(target: "llama.cpp", "{line}");
         }
         sys::GGML_LOG_LEVEL_WARN => tracing::debug!(target: "llama.cpp", "{line}"),
         _ => tracing::trace!(target: "llama.cpp", "{line}"),

@@ -45,7 +45,11 @@ pub enum LlamaError {
     ContextInit(String),
     /// The projector's output width does not match the text model's input width.
     #[error("mmproj {path} produces {mmproj}-wide embeddings but the text model expects n_embd = {model}")]
-    WidthMismatch { path: PathBuf, mmproj: usize, model: usize },
+    WidthMismatch {
+        path: PathBuf,
+        mmproj: usize,
+        model: usize,
+    },
     /// mtmd refused to load the projector.
     #[error("failed to load mmproj {path}: {reason}")]
     MmprojLoad { path: PathBuf, reason: String },

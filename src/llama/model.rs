@@ -22,7 +22,10 @@ pub struct ModelParams {
 
 impl Default for ModelParams {
     fn default() -> Self {
-        Self { n_gpu_layers: 0, use_mmap: true }
+        Self {
+            n_gpu_layers: 0,
+            use_mmap: true,
+        }
     }
 }
 
@@ -50,7 +53,10 @@ impl Model {
             path: path.to_path_buf(),
             reason: log::last_error(),
         })?;
-        Ok(Self { ptr, path: path.to_path_buf() })
+        Ok(Self {
+            ptr,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The raw pointer, for the other wrapper types.
@@ -133,7 +139,11 @@ impl Model {
         let mut buf = vec![0u8; 256];
         // SAFETY: `buf` is writable for its length; llama NUL-terminates within it.
         let n = unsafe {
-            sys::llama_model_desc(self.ptr.as_ptr(), buf.as_mut_ptr().cast::<c_char>(), buf.len())
+            sys::llama_model_desc(
+                self.ptr.as_ptr(),
+                buf.as_mut_ptr().cast::<c_char>(),
+                buf.len(),
+            )
         };
         buf.truncate(n.max(0) as usize);
         String::from_utf8_lossy(&buf).into_owned()
@@ -215,7 +225,9 @@ impl Model {
             }
             out.resize((-n) as usize, 0);
         }
-        Err(LlamaError::Tokenize("tokenizer reported inconsistent sizes".into()))
+        Err(LlamaError::Tokenize(
+            "tokenizer reported inconsistent sizes".into(),
+        ))
     }
 
     /// The raw bytes of one token's text (may be a partial UTF-8 sequence). Control tokens
@@ -244,7 +256,10 @@ impl Model {
 
     /// Detokenizes a whole sequence (lossy for invalid UTF-8).
     pub fn detokenize(&self, tokens: &[Token]) -> String {
-        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.token_bytes(t, false)).collect();
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .flat_map(|&t| self.token_bytes(t, false))
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

@@ -20,7 +20,10 @@ pub struct MtmdParams {
 
 impl Default for MtmdParams {
     fn default() -> Self {
-        Self { use_gpu: false, n_threads: super::context::default_threads() }
+        Self {
+            use_gpu: false,
+            n_threads: super::context::default_threads(),
+        }
     }
 }
 
@@ -46,14 +49,23 @@ impl<'m> Mtmd<'m> {
         // SAFETY: valid path and model pointer; the model outlives this context ('m).
         let raw = unsafe { sys::mtmd_init_from_file(c.as_ptr(), model.as_ptr(), mp) };
         match NonNull::new(raw) {
-            Some(ptr) => Ok(Self { ptr, model, path: path.to_path_buf() }),
+            Some(ptr) => Ok(Self {
+                ptr,
+                model,
+                path: path.to_path_buf(),
+            }),
             None => {
                 let reason = log::last_error();
                 Err(match parse_width_mismatch(&reason) {
-                    Some((model, mmproj)) => {
-                        LlamaError::WidthMismatch { path: path.to_path_buf(), mmproj, model }
-                    }
-                    None => LlamaError::MmprojLoad { path: path.to_path_buf(), reason },
+                    Some((model, mmproj)) => LlamaError::WidthMismatch {
+                        path: path.to_path_buf(),
+                        mmproj,
+                        model,
+                    },
+                    None => LlamaError::MmprojLoad {
+                        path: path.to_path_buf(),
+                        reason,
+                    },
                 })
             }
         }
@@ -78,7 +90,9 @@ impl<'m> Mtmd<'m> {
             return "<__media__>".into();
         }
         // SAFETY: non-null, NUL-terminated.
-        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Tokenizes a prompt given as parts (text with its own `parse_special`, or an image) into
@@ -87,7 +101,10 @@ impl<'m> Mtmd<'m> {
         let texts: Vec<sys::mtmd_input_text> = parts
             .iter()
             .map(|p| match p {
-                PromptPart::Text { text, parse_special } => sys::mtmd_input_text {
+                PromptPart::Text {
+                    text,
+                    parse_special,
+                } => sys::mtmd_input_text {
                     text: text.as_ptr().cast::<c_char>(),
                     text_len: text.len(),
                     add_special: false,
@@ -105,12 +122,14 @@ impl<'m> Mtmd<'m> {
             .iter()
             .zip(&texts)
             .map(|(p, t)| match p {
-                PromptPart::Text { .. } => {
-                    sys::mtmd_input_part { text: t, bitmap: std::ptr::null() }
-                }
-                PromptPart::Image(b) => {
-                    sys::mtmd_input_part { text: std::ptr::null(), bitmap: b.ptr.as_ptr() }
-                }
+                PromptPart::Text { .. } => sys::mtmd_input_part {
+                    text: t,
+                    bitmap: std::ptr::null(),
+                },
+                PromptPart::Image(b) => sys::mtmd_input_part {
+                    text: std::ptr::null(),
+                    bitmap: b.ptr.as_ptr(),
+                },
             })
             .collect();
         let part_ptrs: Vec<*const sys::mtmd_input_part> =
@@ -195,14 +214,23 @@ impl<'m> Mtmd<'m> {
             )
         };
         if code != 0 {
-            return Err(LlamaError::Decode { code, reason: log::last_error() });
+            return Err(LlamaError::Decode {
+                code,
+                reason: log::last_error(),
+            });
         }
         Ok(new_past)
     }
 
     /// llama.cpp's own evaluation of all chunks (token ids for text, encoder output for images),
     /// with logits for the last position. The reference our weighted path must match.
-    pub fn eval_chunks(&self, ctx: &mut Context<'_>, chunks: &Chunks, n_past: i32, seq: i32) -> Result<i32> {
+    pub fn eval_chunks(
+        &self,
+        ctx: &mut Context<'_>,
+        chunks: &Chunks,
+        n_past: i32,
+        seq: i32,
+    ) -> Result<i32> {
         let mut new_past = n_past;
         log::clear_last_error();
         // SAFETY: contexts and chunks are valid for the call.
@@ -219,7 +247,10 @@ impl<'m> Mtmd<'m> {
             )
         };
         if code != 0 {
-            return Err(LlamaError::Decode { code, reason: log::last_error() });
+            return Err(LlamaError::Decode {
+                code,
+                reason: log::last_error(),
+            });
         }
         Ok(new_past)
     }
@@ -261,7 +292,8 @@ impl Bitmap {
         }
         // SAFETY: `rgb` holds exactly width*height*3 bytes, which mtmd copies.
         let raw = unsafe { sys::mtmd_bitmap_init(width, height, rgb.as_ptr()) };
-        let ptr = NonNull::new(raw).ok_or_else(|| LlamaError::Image("bitmap allocation failed".into()))?;
+        let ptr = NonNull::new(raw)
+            .ok_or_else(|| LlamaError::Image("bitmap allocation failed".into()))?;
         Ok(Self { ptr })
     }
 }
@@ -313,7 +345,10 @@ impl Chunks {
         assert!(i < self.len(), "chunk index {i} out of range");
         // SAFETY: `i` is in range; the chunk lives as long as `self`.
         let ptr = unsafe { sys::mtmd_input_chunks_get(self.ptr.as_ptr(), i) };
-        Chunk { ptr, _owner: PhantomData }
+        Chunk {
+            ptr,
+            _owner: PhantomData,
+        }
     }
 
     /// All chunks in order.

@@ -52,7 +52,10 @@ impl Default for SamplerParams {
 impl SamplerParams {
     /// Greedy decoding (deterministic).
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 }
 
@@ -65,8 +68,10 @@ impl Sampler {
     /// Builds the chain for `model`.
     pub fn new(model: &Model, params: &SamplerParams) -> Result<Self> {
         // SAFETY: default chain params; the chain owns every sampler added to it.
-        let chain = unsafe { sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params()) };
-        let chain = NonNull::new(chain).ok_or_else(|| LlamaError::Sampler("allocation failed".into()))?;
+        let chain =
+            unsafe { sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params()) };
+        let chain =
+            NonNull::new(chain).ok_or_else(|| LlamaError::Sampler("allocation failed".into()))?;
         let sampler = Self { ptr: chain };
         // SAFETY: the vocab belongs to the live model.
         let vocab = unsafe { sys::llama_model_get_vocab(model.as_ptr()) };
@@ -74,7 +79,8 @@ impl Sampler {
             let g = CString::new(grammar.as_str())
                 .map_err(|_| LlamaError::Sampler("grammar contains a NUL byte".into()))?;
             // SAFETY: valid vocab and NUL-terminated strings; null on an invalid grammar.
-            let s = unsafe { sys::llama_rs_sampler_init_grammar(vocab, g.as_ptr(), c"root".as_ptr()) };
+            let s =
+                unsafe { sys::llama_rs_sampler_init_grammar(vocab, g.as_ptr(), c"root".as_ptr()) };
             sampler.add(s, "invalid grammar")?;
         }
         let penalties = params.repeat_penalty != 1.0
@@ -99,15 +105,27 @@ impl Sampler {
             return Ok(sampler);
         }
         if params.top_k > 0 {
-            sampler.add(unsafe { sys::llama_sampler_init_top_k(params.top_k) }, "top_k")?;
+            sampler.add(
+                unsafe { sys::llama_sampler_init_top_k(params.top_k) },
+                "top_k",
+            )?;
         }
         if params.top_p < 1.0 {
-            sampler.add(unsafe { sys::llama_sampler_init_top_p(params.top_p, 1) }, "top_p")?;
+            sampler.add(
+                unsafe { sys::llama_sampler_init_top_p(params.top_p, 1) },
+                "top_p",
+            )?;
         }
         if params.min_p > 0.0 {
-            sampler.add(unsafe { sys::llama_sampler_init_min_p(params.min_p, 1) }, "min_p")?;
+            sampler.add(
+                unsafe { sys::llama_sampler_init_min_p(params.min_p, 1) },
+                "min_p",
+            )?;
         }
-        sampler.add(unsafe { sys::llama_sampler_init_temp(params.temperature) }, "temperature")?;
+        sampler.add(
+            unsafe { sys::llama_sampler_init_temp(params.temperature) },
+            "temperature",
+        )?;
         sampler.add(unsafe { sys::llama_sampler_init_dist(params.seed) }, "dist")?;
         Ok(sampler)
     }
@@ -138,12 +156,15 @@ impl Drop for Sampler {
 
 /// Converts a JSON schema to a GBNF grammar with llama.cpp's own converter.
 pub fn json_schema_to_grammar(schema_json: &str) -> Result<String> {
-    let c = CString::new(schema_json).map_err(|_| LlamaError::Sampler("schema contains a NUL byte".into()))?;
+    let c = CString::new(schema_json)
+        .map_err(|_| LlamaError::Sampler("schema contains a NUL byte".into()))?;
     let mut out: *mut c_char = std::ptr::null_mut();
     // SAFETY: valid input string; on success `out` receives a malloc'd string we free below.
     let status = unsafe { sys::llama_rs_json_schema_to_grammar(c.as_ptr(), false, &mut out) };
     if status != sys::LLAMA_RS_STATUS_OK || out.is_null() {
-        return Err(LlamaError::Sampler("JSON schema could not be converted to a grammar".into()));
+        return Err(LlamaError::Sampler(
+            "JSON schema could not be converted to a grammar".into(),
+        ));
     }
     // SAFETY: `out` is a NUL-terminated string allocated by the wrapper; freed exactly once.
     let grammar = unsafe {

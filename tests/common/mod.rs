@@ -24,15 +24,20 @@ pub fn tiny_models() -> &'static tiny::TinyModelPaths {
 /// A scratch directory that lives as long as the test binary.
 pub fn scratch() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
 }
 
 /// Where downloaded models are cached between runs (`LLAMA_DMS_CACHE`, else ~/.cache/llama-dms).
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("LLAMA_DMS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        home.join(".cache/llama-dms")
-    })
+    std::env::var_os("LLAMA_DMS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            home.join(".cache/llama-dms")
+        })
 }
 
 /// SmolLM2-135M-Instruct, downloaded on first use; `None` (with the reason printed) only when
@@ -54,24 +59,37 @@ pub fn smollm2() -> Option<PathBuf> {
 pub fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(width, height, image::Rgb(rgb));
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
     out.into_inner()
 }
 
 /// A PNG with a deterministic gradient (so different images give different embeddings).
 pub fn gradient_png(width: u32, height: u32, seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 7 + u32::from(seed)) as u8, (y * 5) as u8, ((x + y) * 3 + u32::from(seed) * 11) as u8])
+        image::Rgb([
+            (x * 7 + u32::from(seed)) as u8,
+            (y * 5) as u8,
+            ((x + y) * 3 + u32::from(seed) * 11) as u8,
+        ])
     });
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
     out.into_inner()
 }
 
 /// Runtime settings for tests: small context, few threads, `n_seq` sequences.
 pub fn test_config(n_ctx: u32, n_seq: u32) -> RuntimeConfig {
     RuntimeConfig {
-        context: ContextParams { n_ctx, n_batch: 512, n_ubatch: 512, n_threads: 2, n_seq_max: n_seq, hidden_states: false },
+        context: ContextParams {
+            n_ctx,
+            n_batch: 512,
+            n_ubatch: 512,
+            n_threads: 2,
+            n_seq_max: n_seq,
+            hidden_states: false,
+        },
         mtmd_use_gpu: false,
     }
 }
@@ -79,7 +97,10 @@ pub fn test_config(n_ctx: u32, n_seq: u32) -> RuntimeConfig {
 /// Largest absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Logits at the last prompt position after a fresh prefill of `prompt` on sequence 0, either
