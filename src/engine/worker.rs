@@ -23,7 +23,7 @@ pub(super) fn run(
 ) {
     let params = ModelParams {
         n_gpu_layers: config.n_gpu_layers,
-        use_mmap: true,
+        ..ModelParams::default()
     };
     let model = match Model::load(&config.model, &params) {
         Ok(m) => m,

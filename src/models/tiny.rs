@@ -23,6 +23,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::clip::ClipSpec;
 use super::gguf_writer::GgufWriter;
 
 /// Text model width (`llama.embedding_length`).
@@ -397,30 +398,23 @@ fn random_mmproj(n_embd_out: usize, out_std: f32, seed: u64) -> GgufWriter {
         MMPROJ_PROJ_HIDDEN,
         MMPROJ_PATCH_SIZE,
     );
-    let as_u32 = |n: usize| n as u32;
-
     let mut w = GgufWriter::new();
-    w.add_string("general.architecture", "clip");
-    w.add_string("general.name", "tiny-mmproj (random test projector)");
-    w.add_string(
-        "general.description",
-        "Random LLaVA-style vision tower and mlp projector for tests; its output means nothing",
-    );
-    w.add_u32("general.file_type", 1); // F16 conv kernel, the rest F32
-    w.add_bool("clip.has_vision_encoder", true);
-    w.add_bool("clip.has_llava_projector", true);
-    w.add_string("clip.projector_type", "mlp");
-    w.add_u32("clip.vision.image_size", as_u32(MMPROJ_IMAGE_SIZE));
-    w.add_u32("clip.vision.patch_size", as_u32(p));
-    w.add_u32("clip.vision.embedding_length", as_u32(v));
-    w.add_u32("clip.vision.feed_forward_length", as_u32(vff));
-    w.add_u32("clip.vision.projection_dim", as_u32(n_embd_out));
-    w.add_u32("clip.vision.block_count", as_u32(MMPROJ_V_LAYER));
-    w.add_u32("clip.vision.attention.head_count", as_u32(MMPROJ_V_HEAD));
-    w.add_f32("clip.vision.attention.layer_norm_epsilon", 1e-5);
-    w.add_f32_array("clip.vision.image_mean", &[0.5, 0.5, 0.5]);
-    w.add_f32_array("clip.vision.image_std", &[0.5, 0.5, 0.5]);
-    w.add_bool("clip.use_gelu", true);
+    ClipSpec {
+        name: "tiny-mmproj (random test projector)",
+        description:
+            "Random LLaVA-style vision tower and mlp projector for tests; its output means nothing",
+        file_type: 1, // F16 conv kernel, the rest F32
+        image_size: MMPROJ_IMAGE_SIZE,
+        patch_size: p,
+        v_embd: v,
+        v_ff: vff,
+        n_layer: MMPROJ_V_LAYER,
+        n_head: MMPROJ_V_HEAD,
+        n_embd_out,
+        image_mean: [0.5; 3],
+        image_std: [0.5; 3],
+    }
+    .write_keys(&mut w);
 
     let mut rng = Rng::new(seed);
     let inv_sqrt = |n: usize| 1.0 / (n as f32).sqrt();

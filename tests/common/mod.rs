@@ -44,7 +44,7 @@ pub fn cache_dir() -> PathBuf {
 /// the download is impossible here.
 pub fn smollm2() -> Option<PathBuf> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PATH.get_or_init(|| match smollm2::ensure(&cache_dir()) {
+    PATH.get_or_init(|| match smollm2::ensure(&cache_dir(), false) {
         Ok(p) => Some(p),
         Err(smollm2::FetchError::Download(reason)) => {
             eprintln!("SKIPPED: SmolLM2 could not be downloaded: {reason}");
