@@ -8,9 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use std::sync::Arc;
+
+use crate::dms::Registry;
 use crate::engine::{
-    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, Message,
-    ModalityWeights, Role,
+    ConsistencyVariant, ContentPart, DmsMode, DmsReport, DmsSettings, EngineConfig, EngineError,
+    EngineHandle, Event, GenerateRequest, Message, ModalityWeights, Role,
 };
 use crate::llama::{default_threads, ContextParams, LlamaError, SamplerParams};
 use crate::models::{self, demo};
@@ -32,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Answer one prompt (with images) and stream the answer to stdout.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create model files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -100,6 +103,83 @@ pub struct ModelArgs {
     /// Where the demo model lives (used when no --model is given).
     #[arg(long, env = "LLAMA_DMS_DEMO_DIR", default_value = demo::DEFAULT_DIR)]
     pub demo_dir: PathBuf,
+    /// Directory of DMS scheduler plugins (*.toml, *.json); built-ins only if it does not exist.
+    #[arg(long, env = "LLAMA_DMS_PLUGINS", default_value = "plugins")]
+    pub plugins: PathBuf,
+}
+
+/// The DMS mode as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DmsModeArg {
+    /// No weighting (exactly llama.cpp).
+    Off,
+    /// The weights given by --image-weight / --text-weight.
+    Fixed,
+    /// Rule-based scheduler.
+    Rule,
+    /// Learned scheduler.
+    Learned,
+}
+
+/// DMS flags of a one-shot run.
+#[derive(Debug, Clone, Args)]
+pub struct DmsArgs {
+    /// How modality weights are chosen (default: fixed when a weight is given, else off).
+    #[arg(long)]
+    pub dms: Option<DmsModeArg>,
+    /// Scheduler plugin by name (see --plugins).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Weight of every image's embedding rows (implies --dms fixed).
+    #[arg(long)]
+    pub image_weight: Option<f32>,
+    /// Weight of the user text's embedding rows (implies --dms fixed).
+    #[arg(long)]
+    pub text_weight: Option<f32>,
+    /// Monte-Carlo dropout passes per modality.
+    #[arg(long, default_value_t = 4)]
+    pub mc_samples: usize,
+    /// Dropout rate of those passes.
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    /// 2x2 average-pool image rows for the signal passes (cheaper).
+    #[arg(long)]
+    pub pool_images: bool,
+    /// Consistency signal the scheduler sees.
+    #[arg(long, value_parser = ["hidden", "input"], default_value = "input")]
+    pub consistency: String,
+}
+
+impl DmsArgs {
+    /// The engine settings for `n_images` images.
+    pub fn settings(&self, n_images: usize) -> DmsSettings {
+        let fixed = self.image_weight.is_some() || self.text_weight.is_some();
+        let mode = match self.dms {
+            Some(DmsModeArg::Off) => DmsMode::Off,
+            Some(DmsModeArg::Fixed) => DmsMode::Fixed,
+            Some(DmsModeArg::Rule) => DmsMode::Rule,
+            Some(DmsModeArg::Learned) => DmsMode::Learned,
+            None if fixed => DmsMode::Fixed,
+            None => DmsMode::Off,
+        };
+        DmsSettings {
+            mode,
+            scheduler: self.scheduler.clone(),
+            weights: Some(ModalityWeights {
+                images: vec![self.image_weight.unwrap_or(1.0); n_images],
+                text: self.text_weight.unwrap_or(1.0),
+            }),
+            mc_samples: self.mc_samples,
+            dropout: self.dropout,
+            pool_images: self.pool_images,
+            consistency: if self.consistency == "hidden" {
+                ConsistencyVariant::Hidden
+            } else {
+                ConsistencyVariant::Input
+            },
+            seed: 0,
+        }
+    }
 }
 
 /// `run` flags.
@@ -116,12 +196,8 @@ pub struct RunArgs {
     /// Optional system prompt.
     #[arg(long)]
     pub system: Option<String>,
-    /// Weight of every image's embedding rows (default: unweighted llama.cpp evaluation).
-    #[arg(long)]
-    pub image_weight: Option<f32>,
-    /// Weight of the user text's embedding rows.
-    #[arg(long)]
-    pub text_weight: Option<f32>,
+    #[command(flatten)]
+    pub dms: DmsArgs,
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u32,
@@ -169,9 +245,14 @@ impl ModelArgs {
         config.runtime.context = ContextParams {
             n_ctx: self.ctx_size,
             n_threads: self.threads.unwrap_or_else(default_threads).max(1),
-            ..ContextParams::default()
+            ..config.runtime.context.clone()
         };
         config.runtime.mtmd_use_gpu = self.n_gpu_layers != 0;
+        config.schedulers = Arc::new(if self.plugins.is_dir() {
+            Registry::load_dir(&self.plugins).map_err(|e| e.to_string())?
+        } else {
+            Registry::builtin()
+        });
         Ok(config)
     }
 }
@@ -270,11 +351,6 @@ fn run_once(args: &RunArgs) -> ExitCode {
         role: Role::User,
         content,
     });
-    let weights =
-        (args.image_weight.is_some() || args.text_weight.is_some()).then(|| ModalityWeights {
-            images: vec![args.image_weight.unwrap_or(1.0); args.images.len()],
-            text: args.text_weight.unwrap_or(1.0),
-        });
     let engine = match EngineHandle::start(config) {
         Ok(e) => e,
         Err(e) => return fail(exit_code(&e), &e.to_string()),
@@ -288,7 +364,7 @@ fn run_once(args: &RunArgs) -> ExitCode {
         },
         max_tokens: args.max_tokens,
         stop: Vec::new(),
-        weights,
+        dms: args.dms.settings(args.images.len()),
     };
     let mut events = match engine.submit(request) {
         Ok(s) => s,
@@ -314,6 +390,7 @@ fn run_once(args: &RunArgs) -> ExitCode {
                     t.decode_ms,
                     done.usage.completion_tokens as f64 / (t.decode_ms / 1000.0).max(1e-9),
                 );
+                eprintln!("{}", describe_dms(&done.dms));
                 return ExitCode::SUCCESS;
             }
             Event::Error(e) => {
@@ -323,4 +400,42 @@ fn run_once(args: &RunArgs) -> ExitCode {
         }
     }
     fail(1, "the engine stopped without finishing the request")
+}
+
+/// One human-readable paragraph about the DMS decision of a request.
+pub fn describe_dms(report: &DmsReport) -> String {
+    let images: Vec<String> = report
+        .weights
+        .images
+        .iter()
+        .map(|w| format!("{w:.3}"))
+        .collect();
+    let mut out = format!(
+        "dms: {} ({:?}); weights: images [{}], text {:.3}; {:.1} ms",
+        report.scheduler,
+        report.mode,
+        images.join(", "),
+        report.weights.text,
+        report.timings_ms.total_ms
+    );
+    if let Some(s) = &report.signals {
+        for (i, m) in s.images.iter().enumerate() {
+            let cons = s.consistency.get(i).copied().unwrap_or(f32::NAN);
+            out.push_str(&format!(
+                "\n  image {i}: confidence {:.3}, uncertainty {:.4}, consistency {cons:.3}",
+                m.confidence, m.uncertainty
+            ));
+        }
+        out.push_str(&format!(
+            "\n  text: confidence {:.3}, uncertainty {:.4}",
+            s.text.confidence, s.text.uncertainty
+        ));
+        if report.image_cache_hits > 0 {
+            out.push_str(&format!(
+                "\n  ({} image(s) from the signal cache)",
+                report.image_cache_hits
+            ));
+        }
+    }
+    out
 }

@@ -6,6 +6,7 @@
 //! and [`cli`] (the command line).
 
 pub mod cli;
+pub mod dms;
 pub mod engine;
 pub mod llama;
 pub mod models;

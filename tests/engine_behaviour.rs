@@ -186,7 +186,7 @@ fn bad_images_and_overlong_prompts_fail_the_request_not_the_engine() {
     }
 
     let mut weights = ask("hi", Some(png(8, 8, [1, 2, 3])), 4);
-    weights.weights = Some(llama_dms::engine::ModalityWeights {
+    weights.dms = llama_dms::engine::DmsSettings::fixed(llama_dms::engine::ModalityWeights {
         images: vec![],
         text: 1.0,
     });
@@ -203,7 +203,7 @@ fn bad_images_and_overlong_prompts_fail_the_request_not_the_engine() {
 fn generation_streams_tokens_and_reports_usage() {
     let engine = tiny_engine(1024);
     let mut request = ask("Describe the image.", Some(png(32, 32, [0, 0, 255])), 12);
-    request.weights = Some(llama_dms::engine::ModalityWeights {
+    request.dms = llama_dms::engine::DmsSettings::fixed(llama_dms::engine::ModalityWeights {
         images: vec![0.7],
         text: 1.2,
     });
@@ -215,7 +215,7 @@ fn generation_streams_tokens_and_reports_usage() {
     assert!(done.usage.completion_tokens > 0 && done.usage.completion_tokens <= 12);
     assert!(done.usage.prompt_tokens >= 16, "16 image tokens plus text");
     assert!(done.timings.image_encode_ms > 0.0 && done.timings.decode_ms > 0.0);
-    assert_eq!(done.weights.unwrap().images, vec![0.7]);
+    assert_eq!(done.dms.weights.images, vec![0.7]);
 
     // Same seed, same request: same answer.
     let again = collect(

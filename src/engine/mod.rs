@@ -6,6 +6,7 @@
 //! failing (or panicking) request never takes the worker down; a model that fails to load is
 //! reported by [`EngineHandle::start`] itself.
 
+pub mod dms_stage;
 pub mod image;
 pub mod prompt;
 pub mod runtime;
@@ -21,6 +22,8 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::llama::{LlamaError, SamplerParams};
 
+pub use crate::dms::ModalityWeights;
+pub use dms_stage::{ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings, SignalCache};
 pub use image::{decode_image, ImageError, RgbImage};
 pub use prompt::{ContentPart, Message, Prompt, Role};
 pub use runtime::{Runtime, RuntimeConfig};
@@ -62,46 +65,6 @@ impl EngineError {
     }
 }
 
-/// One weight per image (in order of appearance) and one for the user text.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModalityWeights {
-    /// Weight of each image's embedding rows.
-    pub images: Vec<f32>,
-    /// Weight of the user-text rows.
-    pub text: f32,
-}
-
-impl ModalityWeights {
-    /// All weights 1 (plain fusion).
-    pub fn uniform(n_images: usize) -> Self {
-        Self {
-            images: vec![1.0; n_images],
-            text: 1.0,
-        }
-    }
-
-    /// Checks there is one finite, non-negative weight per image.
-    pub fn check(&self, n_images: usize) -> Result<(), EngineError> {
-        if self.images.len() != n_images {
-            return Err(EngineError::InvalidRequest(format!(
-                "{} image weights for {n_images} images",
-                self.images.len()
-            )));
-        }
-        if self
-            .images
-            .iter()
-            .chain([&self.text])
-            .any(|w| !w.is_finite() || *w < 0.0)
-        {
-            return Err(EngineError::InvalidRequest(
-                "weights must be finite and non-negative".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// What a caller asks the engine to do.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
@@ -113,8 +76,8 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     /// Strings that end generation (not included in the output).
     pub stop: Vec<String>,
-    /// Per-modality weights; `None` evaluates exactly as llama.cpp does (no weighting at all).
-    pub weights: Option<ModalityWeights>,
+    /// How the modality weights are chosen (default: off, i.e. exactly llama.cpp's evaluation).
+    pub dms: DmsSettings,
 }
 
 impl GenerateRequest {
@@ -125,7 +88,7 @@ impl GenerateRequest {
             sampling: SamplerParams::default(),
             max_tokens: 256,
             stop: Vec::new(),
-            weights: None,
+            dms: DmsSettings::default(),
         }
     }
 }
@@ -171,8 +134,8 @@ pub struct Done {
     pub usage: Usage,
     /// Time spent per stage.
     pub timings: Timings,
-    /// The weights that were applied (`None`: plain llama.cpp evaluation).
-    pub weights: Option<ModalityWeights>,
+    /// What the DMS stage decided (weights, signals, scheduler, timings).
+    pub dms: DmsReport,
 }
 
 /// What the engine sends back for a request.
@@ -181,7 +144,7 @@ pub enum Event {
     /// A piece of generated text (complete UTF-8).
     Text(String),
     /// Generation finished.
-    Done(Done),
+    Done(Box<Done>),
     /// The request failed.
     Error(EngineError),
 }
@@ -218,6 +181,10 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Largest image accepted, in pixels.
     pub max_image_pixels: u64,
+    /// The DMS schedulers (built-ins plus plugin files).
+    pub schedulers: Arc<crate::dms::Registry>,
+    /// Images whose DMS results are cached.
+    pub signal_cache_images: usize,
 }
 
 impl EngineConfig {
@@ -230,6 +197,8 @@ impl EngineConfig {
             runtime: RuntimeConfig::default(),
             queue_capacity: 16,
             max_image_pixels: 4096 * 4096,
+            schedulers: Arc::new(crate::dms::Registry::builtin()),
+            signal_cache_images: 32,
         }
     }
 }

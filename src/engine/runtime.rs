@@ -13,12 +13,28 @@ use super::text::{Fed, TextStream};
 use super::{EngineError, FinishReason, ModalityWeights};
 
 /// Settings of a [`Runtime`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Context parameters (window, batch, threads, sequences, hidden states).
     pub context: ContextParams,
     /// Run the vision encoder on the GPU when available.
     pub mtmd_use_gpu: bool,
+}
+
+impl Default for RuntimeConfig {
+    /// A context ready for DMS: hidden-state output on, and sequences for the answer, the clean
+    /// unimodal pass and four dropout passes.
+    fn default() -> Self {
+        let context = ContextParams {
+            n_seq_max: 6,
+            hidden_states: true,
+            ..ContextParams::default()
+        };
+        Self {
+            context,
+            mtmd_use_gpu: false,
+        }
+    }
 }
 
 /// What a prefill did.
@@ -45,10 +61,10 @@ pub struct Generation {
 
 /// Model, context, projector and token rows on one thread.
 pub struct Runtime<'m> {
-    model: &'m Model,
-    ctx: Context<'m>,
-    mtmd: Option<Mtmd<'m>>,
-    rows: TokenEmbeddings,
+    pub(super) model: &'m Model,
+    pub(super) ctx: Context<'m>,
+    pub(super) mtmd: Option<Mtmd<'m>>,
+    pub(super) rows: TokenEmbeddings,
 }
 
 impl<'m> Runtime<'m> {
@@ -112,7 +128,7 @@ impl<'m> Runtime<'m> {
 
     /// Decodes rows in batches of at most `n_batch`, asking for logits on the very last row
     /// when `logits_last`.
-    fn decode_rows(
+    pub(super) fn decode_rows(
         &mut self,
         rows: &[f32],
         n_past: &mut i32,
@@ -143,7 +159,21 @@ impl<'m> Runtime<'m> {
         weights: &ModalityWeights,
         seq: i32,
     ) -> Result<Prefill, EngineError> {
-        weights.check(prompt.n_images())?;
+        self.prefill_weighted_encoded(prompt, weights, seq, &[])
+    }
+
+    /// [`Runtime::prefill_weighted`] with images already encoded: `encoded[i][j]` holds the rows
+    /// of the `j`-th image chunk of image `i` (images missing from `encoded` are encoded here).
+    pub fn prefill_weighted_encoded(
+        &mut self,
+        prompt: &Prompt,
+        weights: &ModalityWeights,
+        seq: i32,
+        encoded: &[Vec<Vec<f32>>],
+    ) -> Result<Prefill, EngineError> {
+        weights
+            .check(prompt.n_images())
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         self.check_fits(prompt)?;
         let start = Instant::now();
         let width = self.model.n_embd_inp();
@@ -159,6 +189,7 @@ impl<'m> Runtime<'m> {
                     self.rows.append_rows(tokens, w, width, &mut pending)?;
                 }
                 Piece::Image { index, chunks } => {
+                    let mut image_chunk = 0;
                     for chunk in chunks.iter() {
                         match chunk.kind() {
                             ChunkKind::Image => {
@@ -169,9 +200,17 @@ impl<'m> Runtime<'m> {
                                     false,
                                 )?;
                                 let mtmd = self.mtmd.as_mut().ok_or_else(no_projector)?;
-                                let t = Instant::now();
-                                let mut rows = mtmd.encode(&chunk)?;
-                                out.image_encode += t.elapsed();
+                                let mut rows =
+                                    match encoded.get(*index).and_then(|e| e.get(image_chunk)) {
+                                        Some(rows) => rows.clone(),
+                                        None => {
+                                            let t = Instant::now();
+                                            let rows = mtmd.encode(&chunk)?;
+                                            out.image_encode += t.elapsed();
+                                            rows
+                                        }
+                                    };
+                                image_chunk += 1;
                                 let w = weights.images[*index];
                                 if w != 1.0 {
                                     rows.iter_mut().for_each(|v| *v *= w);

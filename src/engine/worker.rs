@@ -7,9 +7,11 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::llama::{Model, ModelParams, Sampler};
 
+use super::dms_stage::{pick_scheduler, UnimodalPrompts};
 use super::{
-    decode_image, ContentPart, Done, EngineConfig, EngineError, EngineStats, Event, FinishReason,
-    Job, ModelInfo, Prompt, Runtime, Timings, Usage,
+    decode_image, ContentPart, DmsMode, DmsReport, Done, EngineConfig, EngineError, EngineStats,
+    Event, FinishReason, Job, Message, ModalityWeights, ModelInfo, Prompt, RgbImage, Role, Runtime,
+    SignalCache, Timings, Usage,
 };
 
 /// Sequence used for the answer (DMS signal passes use the others).
@@ -56,13 +58,14 @@ pub(super) fn run(
     if ready.send(Ok(info)).is_err() {
         return;
     }
+    let mut cache = SignalCache::new(config.signal_cache_images);
     while let Ok(job) = queue.recv() {
         if job.events.is_closed() {
             stats.record(&stats.cancelled, 0);
             continue;
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            serve(&mut rt, &config, &job.request, &job.events)
+            serve(&mut rt, &config, &mut cache, &job.request, &job.events)
         }));
         rt.context().clear_memory();
         let event = match outcome {
@@ -96,7 +99,7 @@ pub(super) fn run(
 
 /// How a request ended when it did not fail.
 enum Served {
-    Done(Done),
+    Done(Box<Done>),
     Cancelled { generated: usize },
 }
 
@@ -104,6 +107,7 @@ enum Served {
 fn serve(
     rt: &mut Runtime<'_>,
     config: &EngineConfig,
+    cache: &mut SignalCache,
     request: &super::GenerateRequest,
     events: &tmpsc::UnboundedSender<Event>,
 ) -> Result<Served, EngineError> {
@@ -121,9 +125,43 @@ fn serve(
     if events.is_closed() {
         return Ok(Served::Cancelled { generated: 0 });
     }
-    let prefill = match &request.weights {
-        Some(w) => rt.prefill_weighted(&prompt, w, ANSWER_SEQ)?,
-        None => rt.prefill_reference(&prompt, ANSWER_SEQ)?,
+    let (prefill, dms) = match pick_scheduler(&config.schedulers, &request.dms)? {
+        None => {
+            let prefill = rt.prefill_reference(&prompt, ANSWER_SEQ)?;
+            (prefill, off_report(images.len()))
+        }
+        Some(scheduler) => {
+            let unimodal = (scheduler.needs_signals() && !images.is_empty())
+                .then(|| unimodal_prompts(rt, &request.messages, &images))
+                .transpose()?;
+            let bytes: Vec<&[u8]> = request
+                .messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .filter_map(|p| match p {
+                    ContentPart::Image(b) => Some(b.as_slice()),
+                    ContentPart::Text(_) => None,
+                })
+                .collect();
+            let stage = rt.dms_stage(
+                &prompt,
+                unimodal.as_ref(),
+                &bytes,
+                &*scheduler,
+                &request.dms,
+                cache,
+            )?;
+            if events.is_closed() {
+                return Ok(Served::Cancelled { generated: 0 });
+            }
+            let prefill = rt.prefill_weighted_encoded(
+                &prompt,
+                &stage.report.weights,
+                ANSWER_SEQ,
+                &stage.encoded,
+            )?;
+            (prefill, stage.report)
+        }
     };
     let mut sampler = Sampler::new(rt.model(), &request.sampling)?;
     let mut emit = |piece: &str| events.send(Event::Text(piece.to_string())).is_ok();
@@ -141,7 +179,7 @@ fn serve(
         });
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    Ok(Served::Done(Done {
+    Ok(Served::Done(Box::new(Done {
         finish_reason: generation.finish_reason,
         usage: Usage {
             prompt_tokens: prompt.n_tokens(),
@@ -152,6 +190,79 @@ fn serve(
             prefill_ms: ms(prefill.total.saturating_sub(prefill.image_encode)),
             decode_ms: ms(generation.decode),
         },
-        weights: request.weights.clone(),
-    }))
+        dms,
+    })))
+}
+
+/// The report of a request evaluated without weighting.
+fn off_report(n_images: usize) -> DmsReport {
+    DmsReport {
+        mode: DmsMode::Off,
+        scheduler: "off".into(),
+        weights: ModalityWeights::uniform(n_images),
+        signals: None,
+        consistency_hidden: None,
+        consistency_input: None,
+        image_cache_hits: 0,
+        timings_ms: Default::default(),
+    }
+}
+
+/// The unimodal prompts of a request: each image alone after the system messages, and the
+/// conversation without its images.
+fn unimodal_prompts(
+    rt: &Runtime<'_>,
+    messages: &[Message],
+    images: &[RgbImage],
+) -> Result<UnimodalPrompts, EngineError> {
+    let system: Vec<Message> = messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .cloned()
+        .collect();
+    let context_key: String = system
+        .iter()
+        .flat_map(|m| &m.content)
+        .filter_map(|p| match p {
+            ContentPart::Text(t) => Some(t.as_str()),
+            ContentPart::Image(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\u{1}");
+    let image_parts = messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .filter(|p| matches!(p, ContentPart::Image(_)));
+    let mut image_prompts = Vec::with_capacity(images.len());
+    for (part, image) in image_parts.zip(images) {
+        let mut msgs = system.clone();
+        msgs.push(Message {
+            role: Role::User,
+            content: vec![part.clone()],
+        });
+        image_prompts.push(Prompt::build(
+            rt.model(),
+            rt.mtmd(),
+            &msgs,
+            std::slice::from_ref(image),
+        )?);
+    }
+    let text_only: Vec<Message> = messages
+        .iter()
+        .map(|m| Message {
+            role: m.role,
+            content: m
+                .content
+                .iter()
+                .filter(|p| matches!(p, ContentPart::Text(_)))
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    let text = Prompt::build(rt.model(), rt.mtmd(), &text_only, &[])?;
+    Ok(UnimodalPrompts {
+        images: image_prompts,
+        text,
+        context_key,
+    })
 }

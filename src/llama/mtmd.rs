@@ -82,6 +82,17 @@ impl<'m> Mtmd<'m> {
         unsafe { sys::mtmd_support_vision(self.ptr.as_ptr()) }
     }
 
+    /// Whether image rows need llama.cpp's own decoding helper: M-RoPE positions (Qwen2-VL and
+    /// relatives) or non-causal attention over the image (Gemma 3). Plain LLaVA-style
+    /// projectors can be decoded as ordinary embedding batches.
+    pub fn needs_image_helper(&self, chunk: &Chunk<'_>) -> bool {
+        // SAFETY: valid mtmd context and a chunk owned by live `Chunks`.
+        unsafe {
+            sys::mtmd_decode_use_mrope(self.ptr.as_ptr())
+                || sys::mtmd_decode_use_non_causal(self.ptr.as_ptr(), chunk.ptr)
+        }
+    }
+
     /// The text marker that stands for one media item in a prompt (`<__media__>`).
     pub fn marker(&self) -> String {
         // SAFETY: returns a static NUL-terminated string owned by the context.

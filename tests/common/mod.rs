@@ -88,7 +88,7 @@ pub fn test_config(n_ctx: u32, n_seq: u32) -> RuntimeConfig {
             n_ubatch: 512,
             n_threads: 2,
             n_seq_max: n_seq,
-            hidden_states: false,
+            hidden_states: true,
         },
         mtmd_use_gpu: false,
     }

@@ -1,0 +1,209 @@
+//! The rule scheduler: a fixed formula over confidence, uncertainty and consistency.
+
+use serde::{Deserialize, Serialize};
+
+use super::scheduler::{check_tau_bounds, param_error};
+use super::{
+    clamp_renormalise, softmax_weights, Bounds, DmsError, ModalityWeights, Scheduler, Signals,
+};
+
+/// Rule scheduler (design section 3):
+///
+/// ```text
+/// score_m = alpha * c_m - beta * u_m
+/// w_soft  = M * softmax(score / tau)
+/// lambda  = clamp(gamma * s, 0, 1)          s = mean image/text consistency
+/// w       = lambda * 1 + (1 - lambda) * w_soft
+/// w       = clamp_renormalise(w, [w_min, w_max])
+/// ```
+///
+/// High consistency pulls the weights towards plain fusion (all 1); low consistency lets the
+/// more confident, less uncertain modality dominate. Defaults (see [`RuleScheduler::default`]):
+/// alpha 4, beta 4, tau 1, gamma 0.5, w_min 0.2, w_max 2.0 — starting values, to be tuned by
+/// the evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleScheduler {
+    /// Plugin name.
+    pub name: String,
+    /// Weight of confidence in the score.
+    pub alpha: f32,
+    /// Weight of uncertainty in the score (subtracted).
+    pub beta: f32,
+    /// Softmax temperature, > 0.
+    pub tau: f32,
+    /// How strongly consistency pulls towards uniform weights, >= 0.
+    pub gamma: f32,
+    /// Smallest weight, >= 0.
+    pub w_min: f32,
+    /// Largest weight, >= w_min.
+    pub w_max: f32,
+}
+
+impl Default for RuleScheduler {
+    /// The `rule-default` scheduler: alpha 4, beta 4, tau 1, gamma 0.5, w_min 0.2, w_max 2.0.
+    fn default() -> Self {
+        Self {
+            name: Self::DEFAULT_NAME.to_string(),
+            alpha: 4.0,
+            beta: 4.0,
+            tau: 1.0,
+            gamma: 0.5,
+            w_min: 0.2,
+            w_max: 2.0,
+        }
+    }
+}
+
+impl RuleScheduler {
+    /// Name of the built-in default rule scheduler.
+    pub const DEFAULT_NAME: &'static str = "rule-default";
+
+    /// Checks every parameter: alpha and beta finite, gamma finite and >= 0, tau > 0,
+    /// 0 <= w_min <= w_max, w_max > 0. Errors are [`DmsError::InvalidParameter`].
+    pub fn validate(&self) -> Result<(), DmsError> {
+        for (field, v) in [("alpha", self.alpha), ("beta", self.beta)] {
+            if !v.is_finite() {
+                return Err(param_error((field, format!("must be finite (got {v})"))));
+            }
+        }
+        if !self.gamma.is_finite() || self.gamma < 0.0 {
+            return Err(param_error((
+                "gamma",
+                format!("must be >= 0 (got {})", self.gamma),
+            )));
+        }
+        check_tau_bounds(self.tau, self.w_min, self.w_max).map_err(param_error)
+    }
+
+    /// The weight bounds.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            w_min: self.w_min,
+            w_max: self.w_max,
+        }
+    }
+}
+
+impl Scheduler for RuleScheduler {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn needs_signals(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &str {
+        "rule"
+    }
+
+    fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
+        let scores: Vec<f32> = signals
+            .per_modality()
+            .iter()
+            .map(|s| self.alpha * s.confidence - self.beta * s.uncertainty)
+            .collect();
+        let soft = softmax_weights(&scores, self.tau);
+        let lambda = (self.gamma * signals.mean_consistency()).clamp(0.0, 1.0);
+        let lambda = if lambda.is_finite() { lambda } else { 0.0 };
+        let mut w: Vec<f32> = soft
+            .iter()
+            .map(|&ws| lambda + (1.0 - lambda) * ws)
+            .collect();
+        clamp_renormalise(&mut w, self.bounds());
+        Ok(ModalityWeights::from_vec(&w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dms::ModalitySignals;
+
+    fn sig(c_img: f32, u_img: f32, c_txt: f32, u_txt: f32, s: f32) -> Signals {
+        Signals {
+            images: vec![ModalitySignals {
+                confidence: c_img,
+                uncertainty: u_img,
+            }],
+            text: ModalitySignals {
+                confidence: c_txt,
+                uncertainty: u_txt,
+            },
+            consistency: vec![s],
+            image_missing: false,
+        }
+    }
+
+    #[test]
+    fn equal_signals_give_uniform_weights() {
+        let r = RuleScheduler::default();
+        let w = r.weights(&sig(0.7, 0.1, 0.7, 0.1, 0.3)).unwrap();
+        assert!((w.images[0] - 1.0).abs() < 1e-6 && (w.text - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unreliable_image_is_down_weighted() {
+        let r = RuleScheduler::default();
+        let w = r.weights(&sig(0.1, 0.6, 0.9, 0.05, 0.2)).unwrap();
+        assert!(w.images[0] < 1.0 && w.text > 1.0, "{w:?}");
+        assert!((w.images[0] + w.text - 2.0).abs() < 1e-5);
+        assert!(w.images[0] >= 0.2 && w.text <= 2.0);
+    }
+
+    #[test]
+    fn consistency_pulls_towards_uniform() {
+        let r = RuleScheduler {
+            gamma: 1.0,
+            ..RuleScheduler::default()
+        };
+        let low = r.weights(&sig(0.1, 0.5, 0.9, 0.0, 0.0)).unwrap();
+        let high = r.weights(&sig(0.1, 0.5, 0.9, 0.0, 0.9)).unwrap();
+        assert!(high.images[0] > low.images[0]);
+        let full = r.weights(&sig(0.1, 0.5, 0.9, 0.0, 1.0)).unwrap();
+        assert_eq!(full, ModalityWeights::uniform(1));
+    }
+
+    #[test]
+    fn text_only_request_gets_weight_one() {
+        let r = RuleScheduler::default();
+        let w = r.weights(&Signals::neutral(0)).unwrap();
+        assert_eq!(w, ModalityWeights::uniform(0));
+    }
+
+    #[test]
+    fn non_finite_signals_are_safe() {
+        let r = RuleScheduler::default();
+        let w = r
+            .weights(&sig(
+                f32::NAN,
+                f32::INFINITY,
+                0.5,
+                f32::NEG_INFINITY,
+                f32::NAN,
+            ))
+            .unwrap();
+        assert!(w.as_vec().iter().all(|x| x.is_finite()));
+        assert!((w.images[0] + w.text - 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        assert!(RuleScheduler::default().validate().is_ok());
+        let bad = RuleScheduler {
+            tau: 0.0,
+            ..RuleScheduler::default()
+        };
+        match bad.validate() {
+            Err(DmsError::InvalidParameter { field, .. }) => assert_eq!(field, "tau"),
+            other => panic!("{other:?}"),
+        }
+        let bad = RuleScheduler {
+            gamma: -1.0,
+            ..RuleScheduler::default()
+        };
+        assert!(
+            matches!(bad.validate(), Err(DmsError::InvalidParameter { field, .. }) if field == "gamma")
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! Reliability signals: pure functions over logits and embedding rows.
+//!
+//! Every function is NaN/inf-safe: a non-finite logit is treated as `-inf` (probability 0), an
+//! input with no finite logit gives the answer for the uniform distribution, and non-finite
+//! embedding values are treated as 0. Scalar signals are always finite and in `[0, 1]`.
+
+use serde::{Deserialize, Serialize};
+
+/// Logits with every non-finite value replaced by `-inf`.
+fn sanitise_logits(logits: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    logits
+        .iter()
+        .map(|&x| if x.is_finite() { x } else { f32::NEG_INFINITY })
+}
+
+fn finite_or_zero(x: f32) -> f32 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// Log-probabilities of `softmax(logits)`, computed stably (max subtracted, sums in f64).
+///
+/// Entries for non-finite logits are `-inf`; if no logit is finite the result is the uniform
+/// distribution `-ln |V|`. An empty input gives an empty output.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = sanitise_logits(logits).fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        let v = -(logits.len() as f64).ln() as f32;
+        return vec![v; logits.len()];
+    }
+    let sum: f64 = sanitise_logits(logits)
+        .map(|x| f64::from(x - max).exp())
+        .sum();
+    let lse = f64::from(max) + sum.ln();
+    sanitise_logits(logits)
+        .map(|x| (f64::from(x) - lse) as f32)
+        .collect()
+}
+
+/// Probabilities of `softmax(logits)` in f64 (see [`log_softmax`] for the conventions).
+fn probabilities(logits: &[f32]) -> Vec<f64> {
+    log_softmax(logits)
+        .into_iter()
+        .map(|l| f64::from(l).exp())
+        .collect()
+}
+
+fn entropy_of(p: &[f64]) -> f64 {
+    -p.iter()
+        .filter(|&&q| q > 0.0)
+        .map(|&q| q * q.ln())
+        .sum::<f64>()
+}
+
+/// Natural-log entropy of `softmax(logits)`, in `[0, ln |V|]` (0 for an empty input).
+pub fn entropy(logits: &[f32]) -> f32 {
+    if logits.is_empty() {
+        return 0.0;
+    }
+    let h = entropy_of(&probabilities(logits));
+    h.clamp(0.0, (logits.len() as f64).ln()) as f32
+}
+
+/// Confidence `1 - H(softmax(logits)) / ln |V|`, in `[0, 1]`: 1 for a one-hot distribution, 0 for
+/// the uniform one. Vocabularies with fewer than two entries carry no signal and give 0.
+pub fn confidence(logits: &[f32]) -> f32 {
+    if logits.len() < 2 {
+        return 0.0;
+    }
+    let norm = (logits.len() as f32).ln();
+    (1.0 - entropy(logits) / norm).clamp(0.0, 1.0)
+}
+
+/// Normalised mutual information (BALD) of `T` stochastic passes:
+/// `[H(mean_t p_t) - mean_t H(p_t)] / ln |V|`, clamped to `[0, 1]`.
+///
+/// Each sample is one pass's logits. Fewer than two samples, or a vocabulary of fewer than two
+/// entries, give 0. Samples whose length differs from the first one's are ignored.
+pub fn mutual_information(samples: &[Vec<f32>]) -> f32 {
+    let Some(first) = samples.first() else {
+        return 0.0;
+    };
+    let v = first.len();
+    let used: Vec<&Vec<f32>> = samples.iter().filter(|s| s.len() == v).collect();
+    if used.len() < 2 || v < 2 {
+        return 0.0;
+    }
+    let mut mean = vec![0.0f64; v];
+    let mut mean_h = 0.0f64;
+    for s in &used {
+        let p = probabilities(s);
+        mean_h += entropy_of(&p);
+        for (m, q) in mean.iter_mut().zip(&p) {
+            *m += q;
+        }
+    }
+    let t = used.len() as f64;
+    mean.iter_mut().for_each(|m| *m /= t);
+    mean_h /= t;
+    let mi = (entropy_of(&mean) - mean_h) / (v as f64).ln();
+    if mi.is_finite() {
+        mi.clamp(0.0, 1.0) as f32
+    } else {
+        0.0
+    }
+}
+
+/// Mean of the rows of a row-major `n x width` matrix (a trailing partial row is ignored).
+/// No rows (or only partial ones) give zeros; a width of 0 gives an empty vector.
+pub fn mean_pool(rows: &[f32], width: usize) -> Vec<f32> {
+    if width == 0 {
+        return Vec::new();
+    }
+    let n = rows.len() / width;
+    let mut acc = vec![0.0f64; width];
+    for row in rows.chunks_exact(width) {
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a += f64::from(finite_or_zero(x));
+        }
+    }
+    let n = n.max(1) as f64;
+    acc.into_iter().map(|a| (a / n) as f32).collect()
+}
+
+/// Semantic consistency `(1 + cos(a, b)) / 2`, in `[0, 1]`; 0.5 if either vector is zero.
+/// Only the common prefix of vectors of different lengths is compared.
+pub fn cosine_consistency(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(finite_or_zero(x)), f64::from(finite_or_zero(y)));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na <= 0.0 || nb <= 0.0 || !(na * nb).is_finite() {
+        return 0.5;
+    }
+    let cos = (dot / (na.sqrt() * nb.sqrt())).clamp(-1.0, 1.0);
+    ((1.0 + cos) / 2.0) as f32
+}
+
+/// `v / ||v||` (non-finite entries count as 0); a zero vector gives zeros.
+pub fn l2_normalise(v: &[f32]) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(finite_or_zero(x)).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if norm <= 0.0 || !norm.is_finite() {
+        return vec![0.0; v.len()];
+    }
+    v.iter()
+        .map(|&x| (f64::from(finite_or_zero(x)) / norm) as f32)
+        .collect()
+}
+
+/// Inverted dropout in place: each element is zeroed with probability `rate`, survivors are
+/// scaled by `1 / (1 - rate)`. `rate` is clamped to `[0, 0.95]` (non-finite means 0); a rate of
+/// 0 leaves the rows untouched and draws nothing from `rng`.
+pub fn apply_dropout(rows: &mut [f32], rate: f32, rng: &mut SplitMix64) {
+    let rate = if rate.is_finite() {
+        rate.clamp(0.0, 0.95)
+    } else {
+        0.0
+    };
+    if rate == 0.0 {
+        return;
+    }
+    let keep = 1.0 / (1.0 - rate);
+    for x in rows {
+        if rng.next_f32() < rate {
+            *x = 0.0;
+        } else {
+            *x *= keep;
+        }
+    }
+}
+
+/// 2x2 average pooling of a `grid_w x grid_h` grid of rows (row-major, each `width` floats) into
+/// a `ceil(grid_w/2) x ceil(grid_h/2)` grid. Returns `(rows, out_w, out_h)`. Cells at an odd edge
+/// average the rows they have; rows missing from a short `rows` slice are skipped.
+pub fn avg_pool_2x2(
+    rows: &[f32],
+    width: usize,
+    grid_w: usize,
+    grid_h: usize,
+) -> (Vec<f32>, usize, usize) {
+    let (out_w, out_h) = (grid_w.div_ceil(2), grid_h.div_ceil(2));
+    if width == 0 {
+        return (Vec::new(), out_w, out_h);
+    }
+    let n_rows = rows.len() / width;
+    let mut out = vec![0.0f32; out_w * out_h * width];
+    for oy in 0..out_h {
+        for ox in 0..out_w {
+            let mut acc = vec![0.0f64; width];
+            let mut count = 0usize;
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                let (x, y) = (2 * ox + dx, 2 * oy + dy);
+                let idx = y * grid_w + x;
+                if x >= grid_w || y >= grid_h || idx >= n_rows {
+                    continue;
+                }
+                count += 1;
+                for (a, &v) in acc.iter_mut().zip(&rows[idx * width..(idx + 1) * width]) {
+                    *a += f64::from(finite_or_zero(v));
+                }
+            }
+            let cell = &mut out[(oy * out_w + ox) * width..(oy * out_w + ox + 1) * width];
+            let c = count.max(1) as f64;
+            for (o, a) in cell.iter_mut().zip(acc) {
+                *o = (a / c) as f32;
+            }
+        }
+    }
+    (out, out_w, out_h)
+}
+
+/// Modality Weight Consistency loss `sum_m w_m * ||z_fused - z_m||^2 / M`, where every `z` is
+/// L2-normalised here and `M = weights.len()`. Non-finite weights count as 0; only the first
+/// `min(weights.len(), unimodal.len())` modalities contribute. Always finite and >= 0.
+pub fn mwc_loss(weights: &[f32], fused: &[f32], unimodal: &[Vec<f32>]) -> f32 {
+    if weights.is_empty() {
+        return 0.0;
+    }
+    let zf = l2_normalise(fused);
+    let total: f64 = weights
+        .iter()
+        .zip(unimodal)
+        .map(|(&w, z)| {
+            let zm = l2_normalise(z);
+            let d: f64 = zf
+                .iter()
+                .zip(&zm)
+                .map(|(&a, &b)| f64::from(a - b).powi(2))
+                .sum();
+            f64::from(finite_or_zero(w)) * d
+        })
+        .sum();
+    let loss = total / weights.len() as f64;
+    if loss.is_finite() {
+        loss.max(0.0) as f32
+    } else {
+        0.0
+    }
+}
+
+/// A tiny seeded pseudo-random generator (SplitMix64), for reproducible dropout masks and
+/// training.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform float in `[0, 1)` (24 random bits).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+    }
+}
+
+/// Signals of one modality.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModalitySignals {
+    /// Confidence `c_m` in `[0, 1]` (see [`confidence`]).
+    pub confidence: f32,
+    /// MC-dropout uncertainty `u_m` in `[0, 1]` (see [`mutual_information`]).
+    pub uncertainty: f32,
+}
+
+impl ModalitySignals {
+    /// Neutral signals (0.5, 0.5), used where nothing was measured.
+    pub const NEUTRAL: Self = Self {
+        confidence: 0.5,
+        uncertainty: 0.5,
+    };
+
+    /// The same signals with non-finite values replaced by 0.5 and the rest clamped to `[0, 1]`.
+    pub fn sanitised(self) -> Self {
+        Self {
+            confidence: unit(self.confidence),
+            uncertainty: unit(self.uncertainty),
+        }
+    }
+}
+
+/// Clamp to `[0, 1]`; non-finite becomes 0.5 ("unknown").
+pub(crate) fn unit(x: f32) -> f32 {
+    if x.is_finite() {
+        x.clamp(0.0, 1.0)
+    } else {
+        0.5
+    }
+}
+
+/// All signals of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// One entry per image, in order of appearance.
+    pub images: Vec<ModalitySignals>,
+    /// Signals of the user text.
+    pub text: ModalitySignals,
+    /// One per image: image-vs-text semantic consistency in `[0, 1]`.
+    pub consistency: Vec<f32>,
+    /// The request has no image.
+    pub image_missing: bool,
+}
+
+impl Signals {
+    /// Neutral signals for `n_images` images: what a caller passes to schedulers whose
+    /// [`needs_signals`](crate::dms::Scheduler::needs_signals) is false.
+    pub fn neutral(n_images: usize) -> Self {
+        Self {
+            images: vec![ModalitySignals::NEUTRAL; n_images],
+            text: ModalitySignals::NEUTRAL,
+            consistency: vec![0.5; n_images],
+            image_missing: n_images == 0,
+        }
+    }
+
+    /// Number of modalities: one per image plus the text.
+    pub fn m(&self) -> usize {
+        self.images.len() + 1
+    }
+
+    /// Mean image/text consistency `s` in `[0, 1]`; 1.0 when there is no image (nothing can
+    /// disagree). Non-finite entries count as 0.5.
+    pub fn mean_consistency(&self) -> f32 {
+        if self.consistency.is_empty() {
+            return 1.0;
+        }
+        let sum: f32 = self.consistency.iter().map(|&s| unit(s)).sum();
+        (sum / self.consistency.len() as f32).clamp(0.0, 1.0)
+    }
+
+    /// Per-modality signals (images in order, then the text), sanitised as
+    /// [`ModalitySignals::sanitised`].
+    pub fn per_modality(&self) -> Vec<ModalitySignals> {
+        self.images
+            .iter()
+            .chain([&self.text])
+            .map(|s| s.sanitised())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "signals_tests.rs"]
+mod tests;

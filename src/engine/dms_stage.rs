@@ -1,0 +1,686 @@
+//! The DMS stage on the model: the unimodal and Monte-Carlo dropout passes that measure each
+//! modality (DESIGN.md section 3), the signal cache, and the choice of scheduler.
+//!
+//! For every image and for the user text, a *unimodal* prompt is built (the chat template with
+//! only that modality's content). Its passes share the template prefix: the prefix is decoded
+//! once on one sequence and copied to the others, then the clean pass and the `T` dropout passes
+//! (inverted dropout on that modality's rows) run as parallel sequences in as few decodes as the
+//! batch and the context allow. Image-derived results are cached by a hash of the image bytes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dms::{
+    apply_dropout, avg_pool_2x2, confidence, cosine_consistency, mean_pool, mutual_information,
+    ModalitySignals, ModalityWeights, Registry, Scheduler, Signals, SplitMix64,
+};
+use crate::llama::{Batch, ChunkKind, LlamaError};
+
+use super::prompt::{Piece, Prompt};
+use super::runtime::Runtime;
+use super::EngineError;
+
+/// How the weights of a request are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DmsMode {
+    /// No weighting: the prompt is evaluated exactly as llama.cpp does.
+    #[default]
+    Off,
+    /// Weights given by the request.
+    Fixed,
+    /// The rule-based scheduler (signals, then weights).
+    Rule,
+    /// The learned scheduler (signals, then weights).
+    Learned,
+}
+
+/// Which semantic-consistency signal feeds the scheduler.
+///
+/// The default is the input-space variant: on the demo model it separates matched from
+/// mismatched image/text pairs where the hidden-state variant does not (red: 0.641 vs 0.536
+/// against 0.872 vs 0.858; blue: 0.559 vs 0.496 against 0.866 vs 0.872, `tests/dms_engine.rs`).
+/// Both are always reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyVariant {
+    /// Mean-pooled last-layer hidden states of the unimodal passes.
+    Hidden,
+    /// Mean-pooled input rows (no extra cost).
+    #[default]
+    Input,
+}
+
+/// Per-request DMS settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmsSettings {
+    /// How weights are chosen.
+    pub mode: DmsMode,
+    /// A scheduler plugin by name (default: `rule-default` or the first learned plugin).
+    pub scheduler: Option<String>,
+    /// The weights for [`DmsMode::Fixed`].
+    pub weights: Option<ModalityWeights>,
+    /// Monte-Carlo dropout passes `T` per modality.
+    pub mc_samples: usize,
+    /// Dropout rate `rho` of those passes.
+    pub dropout: f32,
+    /// Average-pool image rows 2x2 for the signal passes (cheaper, less exact).
+    pub pool_images: bool,
+    /// Which consistency signal the scheduler sees.
+    pub consistency: ConsistencyVariant,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+}
+
+impl Default for DmsSettings {
+    fn default() -> Self {
+        Self {
+            mode: DmsMode::Off,
+            scheduler: None,
+            weights: None,
+            mc_samples: 4,
+            dropout: 0.1,
+            pool_images: false,
+            consistency: ConsistencyVariant::default(),
+            seed: 0,
+        }
+    }
+}
+
+impl DmsSettings {
+    /// Given weights, no signal passes.
+    pub fn fixed(weights: ModalityWeights) -> Self {
+        Self {
+            mode: DmsMode::Fixed,
+            weights: Some(weights),
+            ..Self::default()
+        }
+    }
+
+    /// The given mode with default settings.
+    pub fn mode(mode: DmsMode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+}
+
+/// Largest accepted `mc_samples`.
+pub const MAX_MC_SAMPLES: usize = 16;
+
+/// Time spent in each DMS step, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DmsTimings {
+    /// Vision encoder (images are encoded once and reused by the answer).
+    pub encode_ms: f64,
+    /// Unimodal + dropout passes of the images.
+    pub image_passes_ms: f64,
+    /// Unimodal + dropout passes of the text.
+    pub text_passes_ms: f64,
+    /// The scheduler itself.
+    pub scheduler_ms: f64,
+    /// All of the above.
+    pub total_ms: f64,
+}
+
+/// What the DMS stage decided and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DmsReport {
+    /// The mode used.
+    pub mode: DmsMode,
+    /// The scheduler used (`off`, `fixed`, or a plugin name).
+    pub scheduler: String,
+    /// The applied weights (images in order, then text).
+    pub weights: ModalityWeights,
+    /// The measured signals (absent for `off` and `fixed`).
+    pub signals: Option<Signals>,
+    /// Both consistency variants, per image, when signals were measured.
+    pub consistency_hidden: Option<Vec<f32>>,
+    /// See `consistency_hidden`.
+    pub consistency_input: Option<Vec<f32>>,
+    /// Images whose signals came from the cache.
+    pub image_cache_hits: usize,
+    /// Time per step.
+    pub timings_ms: DmsTimings,
+}
+
+/// What the stage hands to the answer prefill: the weights and the images already encoded.
+pub(super) struct StageOutput {
+    pub report: DmsReport,
+    pub encoded: Vec<Vec<Vec<f32>>>,
+}
+
+/// Image-derived results kept between requests.
+#[derive(Clone)]
+struct ImageEntry {
+    signals: ModalitySignals,
+    hidden: Vec<f32>,
+    input_mean: Vec<f32>,
+    encoded: Vec<Vec<f32>>,
+}
+
+/// A small LRU of image results keyed by a hash of the image bytes and the settings.
+pub struct SignalCache {
+    entries: HashMap<u64, ImageEntry>,
+    order: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl SignalCache {
+    /// A cache holding up to `capacity` images.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn get(&mut self, key: u64) -> Option<ImageEntry> {
+        let hit = self.entries.get(&key).cloned()?;
+        self.order.retain(|k| *k != key);
+        self.order.push_back(key);
+        Some(hit)
+    }
+
+    fn put(&mut self, key: u64, entry: ImageEntry) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.insert(key, entry).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.entries.remove(&old);
+            }
+        }
+    }
+}
+
+/// One pass body: rows and which of them belong to the measured modality.
+struct Body {
+    rows: Vec<f32>,
+    modality: Vec<bool>,
+}
+
+/// Rows of a unimodal prompt cut around the modality.
+struct Unimodal {
+    prefix: Vec<f32>,
+    body: Body,
+    suffix: Vec<f32>,
+}
+
+/// One row of a pass batch: (row, position, sequence, output: `Some((pass, is_last_row))`).
+type PassRow<'a> = (&'a [f32], i32, i32, Option<(usize, bool)>);
+
+/// Logits at the end of a pass and the mean hidden state over its modality rows.
+struct PassOutput {
+    logits: Vec<f32>,
+    hidden_mean: Option<Vec<f32>>,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn hash_of(parts: &[&[u8]]) -> u64 {
+    let mut h = DefaultHasher::new();
+    parts.iter().for_each(|p| p.hash(&mut h));
+    h.finish()
+}
+
+/// Picks the scheduler for `settings` (`None` for `off`).
+pub(super) fn pick_scheduler(
+    registry: &Registry,
+    settings: &DmsSettings,
+) -> Result<Option<Arc<dyn Scheduler>>, EngineError> {
+    let invalid = |m: String| EngineError::InvalidRequest(m);
+    if let Some(name) = &settings.scheduler {
+        if matches!(settings.mode, DmsMode::Rule | DmsMode::Learned) {
+            return registry.get(name).map(Some).ok_or_else(|| {
+                invalid(format!(
+                    "unknown scheduler {name:?}; available: {}",
+                    registry.names().join(", ")
+                ))
+            });
+        }
+    }
+    Ok(match settings.mode {
+        DmsMode::Off => None,
+        DmsMode::Fixed => {
+            let w = settings.weights.clone().ok_or_else(|| invalid("mode fixed needs weights".into()))?;
+            Some(Arc::new(crate::dms::FixedScheduler::new(w).map_err(|e| invalid(e.to_string()))?))
+        }
+        DmsMode::Rule => Some(registry.default_rule()),
+        DmsMode::Learned => Some(registry.default_learned().ok_or_else(|| {
+            invalid("no learned scheduler plugin is loaded (train one with `llama-dms train-scheduler`)".into())
+        })?),
+    })
+}
+
+impl Runtime<'_> {
+    /// Runs the DMS stage for a request whose answer prompt is `prompt`: measures the signals
+    /// when the scheduler needs them and returns its weights.
+    pub(super) fn dms_stage(
+        &mut self,
+        prompt: &Prompt,
+        unimodal: Option<&UnimodalPrompts>,
+        image_bytes: &[&[u8]],
+        scheduler: &dyn Scheduler,
+        settings: &DmsSettings,
+        cache: &mut SignalCache,
+    ) -> Result<StageOutput, EngineError> {
+        let start = Instant::now();
+        let n_images = prompt.n_images();
+        let mut timings = DmsTimings::default();
+        if !scheduler.needs_signals() || n_images == 0 {
+            let t = Instant::now();
+            let weights = scheduler
+                .weights(&Signals::neutral(n_images))
+                .map_err(dms_error)?;
+            weights.check(n_images).map_err(dms_error)?;
+            timings.scheduler_ms = ms(t);
+            timings.total_ms = ms(start);
+            let report = DmsReport {
+                mode: settings.mode,
+                scheduler: scheduler.name().to_string(),
+                weights,
+                signals: None,
+                consistency_hidden: None,
+                consistency_input: None,
+                image_cache_hits: 0,
+                timings_ms: timings,
+            };
+            return Ok(StageOutput {
+                report,
+                encoded: Vec::new(),
+            });
+        }
+        let unimodal =
+            unimodal.ok_or_else(|| EngineError::Internal("unimodal prompts missing".into()))?;
+        if settings.mc_samples > MAX_MC_SAMPLES || !(0.0..0.95).contains(&settings.dropout) {
+            return Err(EngineError::InvalidRequest(format!(
+                "mc_samples must be at most {MAX_MC_SAMPLES} and dropout in [0, 0.95)"
+            )));
+        }
+
+        // Text first: its hidden mean is needed for every image's consistency.
+        let t = Instant::now();
+        let text_seed = settings.seed ^ 0x7e57_7e57;
+        let (text_signals, text_hidden, text_input) =
+            match self.unimodal_rows(&unimodal.text, &[], true)? {
+                Some(u) => {
+                    let (sig, hidden) = self.measure(&u, settings, text_seed)?;
+                    (
+                        sig,
+                        hidden,
+                        mean_of_flagged(&u.body, self.model().n_embd_inp()),
+                    )
+                }
+                None => (ModalitySignals::NEUTRAL, None, None),
+            };
+        timings.text_passes_ms = ms(t);
+
+        let settings_key = format!(
+            "{}/{}/{}/{}",
+            settings.mc_samples, settings.dropout, settings.pool_images, settings.seed
+        );
+        let mut images = Vec::with_capacity(n_images);
+        let mut encoded = Vec::with_capacity(n_images);
+        let (mut hidden_cons, mut input_cons) = (Vec::new(), Vec::new());
+        let mut hits = 0;
+        for (i, image_prompt) in unimodal.images.iter().enumerate() {
+            let key = hash_of(&[
+                image_bytes[i],
+                unimodal.context_key.as_bytes(),
+                settings_key.as_bytes(),
+            ]);
+            let entry = match cache.get(key) {
+                Some(e) => {
+                    hits += 1;
+                    e
+                }
+                None => {
+                    let t = Instant::now();
+                    let rows = self.encode_all(image_prompt)?;
+                    timings.encode_ms += ms(t);
+                    let t = Instant::now();
+                    let u = self
+                        .unimodal_rows(image_prompt, &rows, settings.pool_images)?
+                        .ok_or_else(|| {
+                            EngineError::Internal("image prompt without image rows".into())
+                        })?;
+                    let (signals, hidden) = self.measure(&u, settings, settings.seed ^ key)?;
+                    timings.image_passes_ms += ms(t);
+                    let input_mean = mean_pool(&rows.concat(), self.model().n_embd_inp());
+                    let e = ImageEntry {
+                        signals,
+                        hidden: hidden.unwrap_or_default(),
+                        input_mean,
+                        encoded: rows,
+                    };
+                    cache.put(key, e.clone());
+                    e
+                }
+            };
+            images.push(entry.signals);
+            hidden_cons.push(match &text_hidden {
+                Some(t) if !entry.hidden.is_empty() => cosine_consistency(&entry.hidden, t),
+                _ => 0.5,
+            });
+            input_cons.push(match &text_input {
+                Some(t) => cosine_consistency(&entry.input_mean, t),
+                None => 0.5,
+            });
+            encoded.push(entry.encoded);
+        }
+        let signals = Signals {
+            images,
+            text: text_signals,
+            consistency: match settings.consistency {
+                ConsistencyVariant::Hidden => hidden_cons.clone(),
+                ConsistencyVariant::Input => input_cons.clone(),
+            },
+            image_missing: false,
+        };
+        let t = Instant::now();
+        let weights = scheduler.weights(&signals).map_err(dms_error)?;
+        weights.check(n_images).map_err(dms_error)?;
+        timings.scheduler_ms = ms(t);
+        timings.total_ms = ms(start);
+        let report = DmsReport {
+            mode: settings.mode,
+            scheduler: scheduler.name().to_string(),
+            weights,
+            signals: Some(signals),
+            consistency_hidden: Some(hidden_cons),
+            consistency_input: Some(input_cons),
+            image_cache_hits: hits,
+            timings_ms: timings,
+        };
+        Ok(StageOutput { report, encoded })
+    }
+
+    /// Encodes every image chunk of a (single-image) prompt.
+    fn encode_all(&mut self, prompt: &Prompt) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut out = Vec::new();
+        for piece in &prompt.pieces {
+            if let Piece::Image { chunks, .. } = piece {
+                for chunk in chunks.iter().filter(|c| c.kind() == ChunkKind::Image) {
+                    let mtmd = self
+                        .mtmd
+                        .as_mut()
+                        .ok_or_else(|| EngineError::Internal("no projector".into()))?;
+                    if mtmd.needs_image_helper(&chunk) {
+                        return Err(EngineError::InvalidRequest(
+                            "DMS signal passes need a plain LLaVA-style projector; this one uses M-RoPE or \
+                             non-causal image attention. Use dms mode \"fixed\" or \"off\" with it"
+                                .into(),
+                        ));
+                    }
+                    out.push(mtmd.encode(&chunk)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows of a unimodal prompt split into prefix / modality body / suffix. For the text
+    /// prompt the body spans the user text pieces; for an image prompt it is the image piece,
+    /// whose encoded rows are `encoded` (optionally 2x2-pooled). `None` when the prompt has no
+    /// modality rows (e.g. a request without user text).
+    fn unimodal_rows(
+        &self,
+        prompt: &Prompt,
+        encoded: &[Vec<f32>],
+        pool: bool,
+    ) -> Result<Option<Unimodal>, EngineError> {
+        let width = self.model().n_embd_inp();
+        let is_modality = |p: &Piece| match p {
+            Piece::Text { user, .. } => *user && encoded.is_empty(),
+            Piece::Image { .. } => true,
+        };
+        let Some(first) = prompt.pieces.iter().position(is_modality) else {
+            return Ok(None);
+        };
+        let last = prompt.pieces.iter().rposition(is_modality).unwrap_or(first);
+        let mut u = Unimodal {
+            prefix: Vec::new(),
+            body: Body {
+                rows: Vec::new(),
+                modality: Vec::new(),
+            },
+            suffix: Vec::new(),
+        };
+        if let Some(bos) = prompt.bos {
+            self.rows.append_rows(&[bos], 1.0, width, &mut u.prefix)?;
+        }
+        let mut image_chunk = 0;
+        for (k, piece) in prompt.pieces.iter().enumerate() {
+            match piece {
+                Piece::Text { tokens, user } => {
+                    let mut rows = Vec::new();
+                    self.rows.append_rows(tokens, 1.0, width, &mut rows)?;
+                    if k < first {
+                        u.prefix.extend_from_slice(&rows);
+                    } else if k > last {
+                        u.suffix.extend_from_slice(&rows);
+                    } else {
+                        u.body
+                            .modality
+                            .extend(std::iter::repeat_n(*user, rows.len() / width));
+                        u.body.rows.extend_from_slice(&rows);
+                    }
+                }
+                Piece::Image { chunks, .. } => {
+                    for chunk in chunks.iter() {
+                        if chunk.kind() == ChunkKind::Image {
+                            let rows = encoded.get(image_chunk).ok_or_else(|| {
+                                EngineError::Internal("image rows missing for a signal pass".into())
+                            })?;
+                            image_chunk += 1;
+                            let n = rows.len() / width;
+                            let side = (n as f64).sqrt() as usize;
+                            let rows = if pool && side * side == n && side > 1 {
+                                avg_pool_2x2(rows, width, side, side).0
+                            } else {
+                                rows.clone()
+                            };
+                            u.body
+                                .modality
+                                .extend(std::iter::repeat_n(true, rows.len() / width));
+                            u.body.rows.extend_from_slice(&rows);
+                        } else {
+                            let start = u.body.rows.len() / width;
+                            self.rows
+                                .append_rows(chunk.tokens(), 1.0, width, &mut u.body.rows)?;
+                            u.body.modality.extend(std::iter::repeat_n(
+                                false,
+                                u.body.rows.len() / width - start,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if u.suffix.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "the chat template must end with text".into(),
+            ));
+        }
+        Ok(Some(u))
+    }
+
+    /// Confidence, MC-dropout uncertainty and the clean pass's mean hidden state of one modality.
+    fn measure(
+        &mut self,
+        u: &Unimodal,
+        settings: &DmsSettings,
+        seed: u64,
+    ) -> Result<(ModalitySignals, Option<Vec<f32>>), EngineError> {
+        let width = self.model().n_embd_inp();
+        let mut rng = SplitMix64::new(seed);
+        let mut bodies = vec![Body {
+            rows: u.body.rows.clone(),
+            modality: u.body.modality.clone(),
+        }];
+        for _ in 0..settings.mc_samples {
+            let mut rows = u.body.rows.clone();
+            for (row, flagged) in rows.chunks_exact_mut(width).zip(&u.body.modality) {
+                if *flagged {
+                    apply_dropout(row, settings.dropout, &mut rng);
+                }
+            }
+            bodies.push(Body {
+                rows,
+                modality: u.body.modality.clone(),
+            });
+        }
+        let outputs = self.run_passes(&u.prefix, &bodies, &u.suffix)?;
+        let clean = &outputs[0];
+        let samples: Vec<Vec<f32>> = outputs[1..].iter().map(|o| o.logits.clone()).collect();
+        let signals = ModalitySignals {
+            confidence: confidence(&clean.logits),
+            uncertainty: mutual_information(&samples),
+        };
+        Ok((signals.sanitised(), clean.hidden_mean.clone()))
+    }
+
+    /// Runs `prefix + body + suffix` for every body as parallel sequences (1, 2, ...): the prefix
+    /// is decoded once and shared by sequence copies, the bodies go in as few decodes as the
+    /// batch size allows, in groups that fit the free sequences and the context.
+    fn run_passes(
+        &mut self,
+        prefix: &[f32],
+        bodies: &[Body],
+        suffix: &[f32],
+    ) -> Result<Vec<PassOutput>, EngineError> {
+        let width = self.model().n_embd_inp();
+        let n_prefix = prefix.len() / width;
+        let per_pass = bodies[0].rows.len() / width + suffix.len() / width;
+        let free_seqs = self.ctx.params().n_seq_max.saturating_sub(1) as usize;
+        let n_ctx = self.ctx.n_ctx();
+        let fit = n_ctx.saturating_sub(n_prefix) / per_pass.max(1);
+        let group = free_seqs.min(fit).min(bodies.len());
+        if group == 0 {
+            return Err(LlamaError::ContextFull {
+                needed: n_prefix + per_pass,
+                n_ctx,
+            }
+            .into());
+        }
+        let want_hidden = self.ctx.params().hidden_states;
+        let mut outputs = Vec::with_capacity(bodies.len());
+        for (g, chunk) in bodies.chunks(group).enumerate() {
+            let seqs: Vec<i32> = (1..=chunk.len() as i32).collect();
+            let mut pos = 0;
+            if n_prefix > 0 {
+                self.decode_rows(prefix, &mut pos, 1, false)?;
+            }
+            for &s in &seqs[1..] {
+                self.ctx.copy_seq(1, s, -1, -1);
+            }
+            // (row, position, sequence, output: None | Some((pass, is_last)))
+            let mut entries: Vec<PassRow<'_>> = Vec::new();
+            for (p, body) in chunk.iter().enumerate() {
+                let seq = seqs[p];
+                let hidden_pass = want_hidden && g == 0 && p == 0;
+                let mut at = pos;
+                for (row, flagged) in body.rows.chunks_exact(width).zip(&body.modality) {
+                    entries.push((
+                        row,
+                        at,
+                        seq,
+                        (hidden_pass && *flagged).then_some((p, false)),
+                    ));
+                    at += 1;
+                }
+                let n_suffix = suffix.len() / width;
+                for (k, row) in suffix.chunks_exact(width).enumerate() {
+                    entries.push((row, at, seq, (k + 1 == n_suffix).then_some((p, true))));
+                    at += 1;
+                }
+            }
+            let mut pass_out: Vec<PassOutput> = chunk
+                .iter()
+                .map(|_| PassOutput {
+                    logits: Vec::new(),
+                    hidden_mean: None,
+                })
+                .collect();
+            let mut hidden_sum: Vec<f64> = Vec::new();
+            let mut hidden_n = 0usize;
+            let per_batch = self.ctx.n_batch().max(1);
+            let mut batch = Batch::embeddings(per_batch.min(entries.len()), width);
+            for block in entries.chunks(per_batch) {
+                batch.clear();
+                for (row, at, seq, out) in block {
+                    batch.push_row(row, *at, *seq, out.is_some())?;
+                }
+                self.ctx.decode(&batch)?;
+                for (i, (_, _, _, out)) in block.iter().enumerate() {
+                    match out {
+                        Some((p, true)) => {
+                            pass_out[*p].logits = self.ctx.logits(i as i32)?.to_vec()
+                        }
+                        Some((_, false)) => {
+                            let h = self.ctx.hidden_state(i as i32)?;
+                            hidden_sum.resize(h.len(), 0.0);
+                            hidden_sum
+                                .iter_mut()
+                                .zip(h)
+                                .for_each(|(s, v)| *s += f64::from(*v));
+                            hidden_n += 1;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if hidden_n > 0 {
+                pass_out[0].hidden_mean = Some(
+                    hidden_sum
+                        .iter()
+                        .map(|s| (s / hidden_n as f64) as f32)
+                        .collect(),
+                );
+            }
+            for &s in &seqs {
+                self.ctx.remove_seq(s, -1, -1);
+            }
+            outputs.extend(pass_out);
+        }
+        Ok(outputs)
+    }
+}
+
+/// Mean of the modality rows of a body (`None` if it has none).
+fn mean_of_flagged(body: &Body, width: usize) -> Option<Vec<f32>> {
+    let rows: Vec<f32> = body
+        .rows
+        .chunks_exact(width)
+        .zip(&body.modality)
+        .filter(|(_, f)| **f)
+        .flat_map(|(r, _)| r.iter().copied())
+        .collect();
+    (!rows.is_empty()).then(|| mean_pool(&rows, width))
+}
+
+fn dms_error(e: crate::dms::DmsError) -> EngineError {
+    EngineError::InvalidRequest(e.to_string())
+}
+
+/// The unimodal prompts of a request: one per image (system messages + that image alone) and
+/// one for the text (the conversation without images).
+pub(super) struct UnimodalPrompts {
+    pub images: Vec<Prompt>,
+    pub text: Prompt,
+    /// What besides the image bytes shapes an image's prompt (the system messages).
+    pub context_key: String,
+}

@@ -1,0 +1,263 @@
+//! The DMS stage on a real model (the demo: SmolLM2-135M + the colour projector): `off` is plain
+//! llama.cpp, the signals react to corrupted and mismatched images, MC dropout is reproducible,
+//! and image signals are cached.
+
+mod common;
+
+use std::io::Cursor;
+
+use llama_dms::engine::{
+    ContentPart, DmsMode, DmsReport, DmsSettings, EngineConfig, EngineHandle, Event,
+    GenerateRequest, Message, Prompt, Role, Runtime,
+};
+use llama_dms::llama::{Model, ModelParams, Sampler, SamplerParams};
+use llama_dms::models::demo::{self, DemoPaths};
+
+fn demo_paths() -> Option<DemoPaths> {
+    static PATHS: std::sync::OnceLock<Option<DemoPaths>> = std::sync::OnceLock::new();
+    PATHS
+        .get_or_init(|| {
+            common::smollm2()?;
+            Some(demo::prepare(&common::cache_dir(), false).expect("demo prepares"))
+        })
+        .clone()
+}
+
+fn engine(paths: &DemoPaths, cache_images: usize) -> EngineHandle {
+    let mut config = EngineConfig::new(&paths.model, Some(paths.mmproj.clone()));
+    config.runtime.context.n_ctx = 2048;
+    config.runtime.context.n_threads = 2;
+    config.signal_cache_images = cache_images;
+    EngineHandle::start(config).unwrap()
+}
+
+/// A 64x64 image of `rgb` with Gaussian-like noise of deviation `sigma` (0..255 scale).
+fn noisy_png(rgb: [u8; 3], sigma: f32, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_add(1);
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32
+    };
+    let img = image::RgbImage::from_fn(64, 64, |_, _| {
+        let mut px = [0u8; 3];
+        for (c, v) in px.iter_mut().enumerate() {
+            let noise: f32 = (0..4).map(|_| next() - 0.5).sum::<f32>() * sigma * 1.73;
+            *v = (f32::from(rgb[c]) + noise).clamp(0.0, 255.0) as u8;
+        }
+        image::Rgb(px)
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn request(image: Vec<u8>, text: &str, dms: DmsSettings) -> GenerateRequest {
+    let content = vec![ContentPart::Image(image), ContentPart::Text(text.into())];
+    let mut r = GenerateRequest::new(vec![Message {
+        role: Role::User,
+        content,
+    }]);
+    r.sampling = SamplerParams::greedy();
+    r.max_tokens = 10;
+    r.dms = dms;
+    r
+}
+
+fn run(engine: &EngineHandle, r: GenerateRequest) -> (String, DmsReport) {
+    let mut events = engine.submit(r).unwrap();
+    let mut text = String::new();
+    loop {
+        match events.blocking_recv().unwrap() {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(d) => return (text, d.dms),
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+}
+
+const QUESTION: &str = "What is the main color of this image?";
+
+#[test]
+fn off_is_plain_llama_cpp_evaluation() {
+    let Some(paths) = demo_paths() else { return };
+    let image = noisy_png([200, 30, 30], 20.0, 1);
+    let (answer, report) = run(
+        &engine(&paths, 0),
+        request(image.clone(), QUESTION, DmsSettings::default()),
+    );
+    assert_eq!(report.mode, DmsMode::Off);
+    assert!(report.signals.is_none());
+    assert_eq!(report.weights.images, vec![1.0]);
+
+    // The same answer straight from llama.cpp's own evaluation, outside the engine.
+    let model = Model::load(&paths.model, &ModelParams::default()).unwrap();
+    let mut rt = Runtime::new(&model, Some(&paths.mmproj), &common::test_config(2048, 1)).unwrap();
+    let decoded = llama_dms::engine::decode_image(&image, 1 << 24).unwrap();
+    let messages = request(image, QUESTION, DmsSettings::default()).messages;
+    let prompt = Prompt::build(&model, rt.mtmd(), &messages, &[decoded]).unwrap();
+    let n_past = rt.prefill_reference(&prompt, 0).unwrap().n_past;
+    let mut sampler = Sampler::new(&model, &SamplerParams::greedy()).unwrap();
+    let mut plain = String::new();
+    rt.generate(n_past, 0, &mut sampler, 10, &[], &mut |p| {
+        plain.push_str(p);
+        true
+    })
+    .unwrap();
+    assert_eq!(answer, plain);
+}
+
+#[test]
+fn noisy_images_get_lower_weight_than_clean_ones() {
+    let Some(paths) = demo_paths() else { return };
+    let engine = engine(&paths, 0);
+    for (rgb, seed) in [([220, 20, 20], 3), ([20, 20, 220], 4), ([230, 230, 20], 5)] {
+        let rule = DmsSettings::mode(DmsMode::Rule);
+        let (_, clean) = run(
+            &engine,
+            request(noisy_png(rgb, 8.0, seed), QUESTION, rule.clone()),
+        );
+        let (_, noisy) = run(
+            &engine,
+            request(noisy_png(rgb, 400.0, seed), QUESTION, rule),
+        );
+        eprintln!(
+            "{rgb:?}: clean {:?} noisy {:?}",
+            clean.weights, noisy.weights
+        );
+        eprintln!(
+            "   clean signals {:?}\n   noisy signals {:?}",
+            clean.signals, noisy.signals
+        );
+        assert!(noisy.weights.images[0] < clean.weights.images[0], "{rgb:?}");
+        let sum: f32 = noisy.weights.images[0] + noisy.weights.text;
+        assert!((sum - 2.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn a_mismatched_image_scores_lower_consistency() {
+    let Some(paths) = demo_paths() else { return };
+    let engine = engine(&paths, 0);
+    let rule = DmsSettings::mode(DmsMode::Rule);
+    for (colour, rgb, other) in [
+        ("red", [230, 20, 20], [20, 20, 230]),
+        ("blue", [20, 20, 230], [230, 230, 20]),
+    ] {
+        let text = format!("This is a photo of something {colour}. {QUESTION}");
+        let (_, matched) = run(
+            &engine,
+            request(noisy_png(rgb, 5.0, 9), &text, rule.clone()),
+        );
+        let (_, mismatched) = run(
+            &engine,
+            request(noisy_png(other, 5.0, 9), &text, rule.clone()),
+        );
+        // The consistency the scheduler sees (the default, input-space variant).
+        let (m, x) = (
+            matched.signals.unwrap().consistency[0],
+            mismatched.signals.unwrap().consistency[0],
+        );
+        eprintln!(
+            "{colour}: matched {m:.4} mismatched {x:.4} (hidden variant {:?} vs {:?})",
+            matched.consistency_hidden, mismatched.consistency_hidden
+        );
+        assert!(m > x, "{colour}: matched {m} <= mismatched {x}");
+    }
+}
+
+#[test]
+fn mc_dropout_is_reproducible_and_image_signals_are_cached() {
+    let Some(paths) = demo_paths() else { return };
+    let image = noisy_png([20, 200, 20], 60.0, 11);
+    let rule = DmsSettings {
+        mc_samples: 3,
+        dropout: 0.2,
+        ..DmsSettings::mode(DmsMode::Rule)
+    };
+
+    let uncached = engine(&paths, 0);
+    let (_, a) = run(&uncached, request(image.clone(), QUESTION, rule.clone()));
+    let (_, b) = run(&uncached, request(image.clone(), QUESTION, rule.clone()));
+    assert_eq!(a.signals, b.signals, "same seed, same signals");
+    assert!(a.signals.as_ref().unwrap().images[0].uncertainty > 0.0);
+    assert_eq!(b.image_cache_hits, 0);
+
+    let cached = engine(&paths, 8);
+    let (_, first) = run(&cached, request(image.clone(), QUESTION, rule.clone()));
+    let (_, again) = run(
+        &cached,
+        request(image.clone(), "And what colour is it really?", rule.clone()),
+    );
+    assert_eq!((first.image_cache_hits, again.image_cache_hits), (0, 1));
+    assert_eq!(
+        first.signals.unwrap().images,
+        again.signals.as_ref().unwrap().images
+    );
+    assert!(first.timings_ms.image_passes_ms > 0.0);
+    assert_eq!(
+        again.timings_ms.image_passes_ms, 0.0,
+        "a cached image runs no passes"
+    );
+    assert_eq!(
+        again.timings_ms.encode_ms, 0.0,
+        "a cached image is not re-encoded"
+    );
+
+    // Another seed changes the dropout masks.
+    let (_, other) = run(
+        &uncached,
+        request(image, QUESTION, DmsSettings { seed: 99, ..rule }),
+    );
+    assert_ne!(
+        other.signals.unwrap().images[0].uncertainty,
+        a.signals.unwrap().images[0].uncertainty
+    );
+}
+
+#[test]
+fn fixed_weights_are_applied_and_bad_ones_refused() {
+    let Some(paths) = demo_paths() else { return };
+    let engine = engine(&paths, 0);
+    let w = llama_dms::engine::ModalityWeights {
+        images: vec![0.3],
+        text: 1.7,
+    };
+    let (_, report) = run(
+        &engine,
+        request(
+            noisy_png([0, 0, 0], 5.0, 1),
+            QUESTION,
+            DmsSettings::fixed(w.clone()),
+        ),
+    );
+    assert_eq!(report.weights, w);
+    assert_eq!(report.scheduler, "fixed");
+
+    let bad = llama_dms::engine::ModalityWeights {
+        images: vec![f32::NAN],
+        text: 1.0,
+    };
+    let mut events = engine
+        .submit(request(
+            noisy_png([0, 0, 0], 5.0, 1),
+            QUESTION,
+            DmsSettings::fixed(bad),
+        ))
+        .unwrap();
+    assert!(matches!(events.blocking_recv(), Some(Event::Error(e)) if e.is_client_error()));
+    let unknown = DmsSettings {
+        scheduler: Some("nope".into()),
+        ..DmsSettings::mode(DmsMode::Rule)
+    };
+    let mut events = engine
+        .submit(request(noisy_png([0, 0, 0], 5.0, 1), QUESTION, unknown))
+        .unwrap();
+    match events.blocking_recv() {
+        Some(Event::Error(e)) => {
+            assert!(e.to_string().contains("nope") && e.to_string().contains("rule-default"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
