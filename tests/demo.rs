@@ -20,17 +20,6 @@ const COLOUR_MMPROJ_SHA256: &str =
     "5025c862a8991b83d1fb9e233be555018dc6f2280490ac52bddc359dd664dc97";
 const QUESTION: &str = "What is the main color of this image?";
 
-/// The demo, prepared in the shared model cache (which already holds SmolLM2).
-fn demo_paths() -> Option<DemoPaths> {
-    static PATHS: std::sync::OnceLock<Option<DemoPaths>> = std::sync::OnceLock::new();
-    PATHS
-        .get_or_init(|| {
-            common::smollm2()?;
-            Some(demo::prepare(&common::cache_dir(), false).expect("demo prepares"))
-        })
-        .clone()
-}
-
 /// A tiny deterministic generator for test images.
 struct Lcg(u64);
 impl Lcg {
@@ -111,7 +100,9 @@ fn engine(paths: &DemoPaths) -> EngineHandle {
 
 #[test]
 fn projector_is_deterministic_loads_and_refuses_other_widths() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let again = common::scratch().join("colour-again.gguf");
     demo::write_colour_mmproj(&paths.model, &again, &ColourProjectorParams::default()).unwrap();
     let (a, b) = (
@@ -141,7 +132,9 @@ fn projector_is_deterministic_loads_and_refuses_other_widths() {
 
 #[test]
 fn demo_names_the_colour_of_generated_images() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let engine = engine(&paths);
     let sizes = [(32, 32), (64, 64), (100, 40), (24, 80), (17, 17)];
     let mut rng = Lcg(2024);
@@ -168,7 +161,9 @@ fn demo_names_the_colour_of_generated_images() {
 
 #[test]
 fn colour_word_log_probabilities_rank_the_right_colour_first() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let model = Model::load(&paths.model, &ModelParams::default()).unwrap();
     let mut rt = Runtime::new(&model, Some(&paths.mmproj), &common::test_config(512, 1)).unwrap();
     let ids: Vec<i32> = COLOURS
@@ -216,7 +211,9 @@ fn colour_word_log_probabilities_rank_the_right_colour_first() {
 
 #[test]
 fn half_red_half_blue_names_one_of_the_two() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let engine = engine(&paths);
     let img = image::RgbImage::from_fn(64, 64, |x, _| {
         if x < 32 {

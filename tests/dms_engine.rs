@@ -11,17 +11,7 @@ use llama_dms::engine::{
     GenerateRequest, Message, Prompt, Role, Runtime,
 };
 use llama_dms::llama::{Model, ModelParams, Sampler, SamplerParams};
-use llama_dms::models::demo::{self, DemoPaths};
-
-fn demo_paths() -> Option<DemoPaths> {
-    static PATHS: std::sync::OnceLock<Option<DemoPaths>> = std::sync::OnceLock::new();
-    PATHS
-        .get_or_init(|| {
-            common::smollm2()?;
-            Some(demo::prepare(&common::cache_dir(), false).expect("demo prepares"))
-        })
-        .clone()
-}
+use llama_dms::models::demo::DemoPaths;
 
 fn engine(paths: &DemoPaths, cache_images: usize) -> EngineHandle {
     let mut config = EngineConfig::new(&paths.model, Some(paths.mmproj.clone()));
@@ -81,7 +71,9 @@ const QUESTION: &str = "What is the main color of this image?";
 
 #[test]
 fn off_is_plain_llama_cpp_evaluation() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let image = noisy_png([200, 30, 30], 20.0, 1);
     let (answer, report) = run(
         &engine(&paths, 0),
@@ -110,7 +102,9 @@ fn off_is_plain_llama_cpp_evaluation() {
 
 #[test]
 fn noisy_images_get_lower_weight_than_clean_ones() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let engine = engine(&paths, 0);
     for (rgb, seed) in [([220, 20, 20], 3), ([20, 20, 220], 4), ([230, 230, 20], 5)] {
         let rule = DmsSettings::mode(DmsMode::Rule);
@@ -138,7 +132,9 @@ fn noisy_images_get_lower_weight_than_clean_ones() {
 
 #[test]
 fn a_mismatched_image_scores_lower_consistency() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let engine = engine(&paths, 0);
     let rule = DmsSettings::mode(DmsMode::Rule);
     for (colour, rgb, other) in [
@@ -169,7 +165,9 @@ fn a_mismatched_image_scores_lower_consistency() {
 
 #[test]
 fn mc_dropout_is_reproducible_and_image_signals_are_cached() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let image = noisy_png([20, 200, 20], 60.0, 11);
     let rule = DmsSettings {
         mc_samples: 3,
@@ -218,7 +216,9 @@ fn mc_dropout_is_reproducible_and_image_signals_are_cached() {
 
 #[test]
 fn fixed_weights_are_applied_and_bad_ones_refused() {
-    let Some(paths) = demo_paths() else { return };
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
     let engine = engine(&paths, 0);
     let w = llama_dms::engine::ModalityWeights {
         images: vec![0.3],

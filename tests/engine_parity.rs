@@ -94,10 +94,9 @@ fn parity_on_smollm2_with_synthesised_mmproj() {
 
 #[test]
 fn parity_on_the_demo_pair() {
-    if common::smollm2().is_none() {
+    let Some(demo) = common::demo_paths() else {
         return;
-    }
-    let demo = llama_dms::models::demo::prepare(&common::cache_dir(), false).expect("demo");
+    };
     assert_parity(&demo.model, &demo.mmproj, 1);
     assert_parity(&demo.model, &demo.mmproj, 2);
 }

@@ -6,6 +6,7 @@
 //! failing (or panicking) request never takes the worker down; a model that fails to load is
 //! reported by [`EngineHandle::start`] itself.
 
+pub mod dms_settings;
 pub mod dms_stage;
 pub mod image;
 pub mod prompt;
@@ -23,7 +24,8 @@ use tokio::sync::mpsc as tmpsc;
 use crate::llama::{LlamaError, SamplerParams};
 
 pub use crate::dms::ModalityWeights;
-pub use dms_stage::{ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings, SignalCache};
+pub use dms_settings::{ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings};
+pub use dms_stage::SignalCache;
 pub use image::{decode_image, ImageError, RgbImage};
 pub use prompt::{ContentPart, Message, Prompt, Role};
 pub use runtime::{Runtime, RuntimeConfig};

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use llama_dms::engine::{Prompt, Runtime, RuntimeConfig};
 use llama_dms::llama::ContextParams;
+use llama_dms::models::demo::{self, DemoPaths};
 use llama_dms::models::{smollm2, tiny};
 
 /// The tiny text model and its mmproj, written once per test binary.
@@ -116,4 +117,16 @@ pub fn last_logits(
         Some(w) => rt.prefill_weighted(prompt, w, 0).expect("weighted prefill"),
     };
     rt.last_logits().expect("logits").to_vec()
+}
+
+/// The demo (SmolLM2 + colour projector), prepared once in the shared model cache; `None` only
+/// when SmolLM2 cannot be downloaded.
+pub fn demo_paths() -> Option<DemoPaths> {
+    static PATHS: OnceLock<Option<DemoPaths>> = OnceLock::new();
+    PATHS
+        .get_or_init(|| {
+            smollm2()?;
+            Some(demo::prepare(&cache_dir(), false).expect("demo prepares"))
+        })
+        .clone()
 }
