@@ -19,8 +19,7 @@ use super::{
 ///
 /// High consistency pulls the weights towards plain fusion (all 1); low consistency lets the
 /// more confident, less uncertain modality dominate. Defaults (see [`RuleScheduler::default`]):
-/// alpha 4, beta 4, tau 1, gamma 0.5, w_min 0.2, w_max 2.0 — starting values, to be tuned by
-/// the evaluation.
+/// alpha 1, beta 4, tau 1, gamma 1, w_min 0.5, w_max 2.0 (measured choice, see there).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleScheduler {
     /// Plugin name.
@@ -40,15 +39,21 @@ pub struct RuleScheduler {
 }
 
 impl Default for RuleScheduler {
-    /// The `rule-default` scheduler: alpha 4, beta 4, tau 1, gamma 0.5, w_min 0.2, w_max 2.0.
+    /// The `rule-default` scheduler: alpha 1, beta 4, tau 1, gamma 1, w_min 0.5, w_max 2.0.
+    ///
+    /// Chosen on the demo's 40 clean colour images (greedy, "What is the main color of this
+    /// image?"): `off` names 37 right; alpha 4 / gamma 0.5 / w_min 0.2 pulled the mean image
+    /// weight to 0.54 and named 24; alpha 2 gave 31, alpha 1 gave 34, and alpha 1 with gamma 1
+    /// and w_min 0.5 (mean image weight 0.91) gave 36. The unimodal text prompt is always
+    /// confident about its first word, so a strong alpha down-weights even clean images.
     fn default() -> Self {
         Self {
             name: Self::DEFAULT_NAME.to_string(),
-            alpha: 4.0,
+            alpha: 1.0,
             beta: 4.0,
             tau: 1.0,
-            gamma: 0.5,
-            w_min: 0.2,
+            gamma: 1.0,
+            w_min: 0.5,
             w_max: 2.0,
         }
     }

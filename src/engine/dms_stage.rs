@@ -242,7 +242,11 @@ impl Runtime<'_> {
                 Some(t) if !entry.hidden.is_empty() => cosine_consistency(&entry.hidden, t),
                 _ => 0.5,
             });
+            // An image whose projected rows are all zero (the projector recognised nothing)
+            // carries no evidence of agreeing with the text: consistency 0, not neutral.
+            let blank = entry.input_mean.iter().all(|v| *v == 0.0);
             input_cons.push(match &text_input {
+                _ if blank => 0.0,
                 Some(t) => cosine_consistency(&entry.input_mean, t),
                 None => 0.5,
             });
