@@ -5,6 +5,7 @@
 //! worker thread that owns the model and serves requests), [`models`] (synthesised test models),
 //! and [`cli`] (the command line).
 
+pub mod api;
 pub mod cli;
 pub mod dms;
 pub mod engine;

@@ -30,6 +30,8 @@ pub struct SamplerParams {
     pub seed: u32,
     /// Optional GBNF grammar constraining the output.
     pub grammar: Option<String>,
+    /// Never pick an end-of-generation token (generate exactly `max_tokens`; for benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplerParams {
@@ -45,6 +47,7 @@ impl Default for SamplerParams {
             penalty_last_n: 64,
             seed: 0,
             grammar: None,
+            ignore_eos: false,
         }
     }
 }
@@ -82,6 +85,24 @@ impl Sampler {
             let s =
                 unsafe { sys::llama_rs_sampler_init_grammar(vocab, g.as_ptr(), c"root".as_ptr()) };
             sampler.add(s, "invalid grammar")?;
+        }
+        if params.ignore_eos {
+            let bans: Vec<sys::llama_logit_bias> = (0..model.n_vocab() as i32)
+                .filter(|&t| model.is_eog(t))
+                .map(|token| sys::llama_logit_bias {
+                    token,
+                    bias: f32::NEG_INFINITY,
+                })
+                .collect();
+            // SAFETY: `bans` is a valid array of `bans.len()` entries, copied by llama.
+            let s = unsafe {
+                sys::llama_sampler_init_logit_bias(
+                    model.n_vocab() as i32,
+                    bans.len() as i32,
+                    bans.as_ptr(),
+                )
+            };
+            sampler.add(s, "logit bias")?;
         }
         let penalties = params.repeat_penalty != 1.0
             || params.frequency_penalty != 0.0

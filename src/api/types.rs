@@ -1,0 +1,244 @@
+//! OpenAI wire types (the subset we serve), as typed serde enums. Unknown top-level fields
+//! (other servers' extensions) are ignored; known fields with a wrong type fail to parse.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{DmsReport, FinishReason};
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// Model name (any value is accepted for the one loaded model, or must match it).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Deprecated name of `max_completion_tokens`.
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Maximum tokens to generate.
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    /// Sampling temperature (0 = greedy).
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens (extension used by llama.cpp and others).
+    #[serde(default)]
+    pub top_k: Option<i32>,
+    /// Min-p sampling (extension).
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    /// Sampling seed.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Stop string(s).
+    #[serde(default)]
+    pub stop: Option<StopSequences>,
+    /// OpenAI presence penalty.
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// OpenAI frequency penalty.
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// Number of choices (only 1 is supported).
+    #[serde(default)]
+    pub n: Option<i64>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Our extension: how modality weights are chosen.
+    #[serde(default)]
+    pub dms: Option<DmsRequest>,
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopSequences {
+    /// One stop string.
+    One(String),
+    /// Several stop strings.
+    Many(Vec<String>),
+}
+
+impl StopSequences {
+    /// The stop strings as a list.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StopSequences::One(s) => vec![s],
+            StopSequences::Many(v) => v,
+        }
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a final chunk with `usage` and empty `choices`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The `dms` extension of a request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmsRequest {
+    /// `off`, `fixed`, `rule` or `learned`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// A scheduler plugin by name.
+    #[serde(default)]
+    pub scheduler: Option<String>,
+    /// Fixed weights: `{"images": [...], "text": x}`.
+    #[serde(default)]
+    pub weights: Option<crate::dms::ModalityWeights>,
+    /// Monte-Carlo dropout passes.
+    #[serde(default)]
+    pub mc_samples: Option<i64>,
+    /// Dropout rate.
+    #[serde(default)]
+    pub dropout: Option<f32>,
+}
+
+/// Message author.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// System instructions.
+    System,
+    /// OpenAI's newer name for system instructions.
+    Developer,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    /// Author.
+    pub role: Role,
+    /// Text or a list of parts (absent or null is empty).
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+}
+
+/// Message content: a string or typed parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Text and image parts.
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// `{"type": "text", "text": ...}`.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// `{"type": "image_url", "image_url": {"url": ...}}`.
+    ImageUrl {
+        /// Where the image is.
+        image_url: ImageUrl,
+    },
+}
+
+/// An image reference.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageUrl {
+    /// `data:` URI, `file://` path or http(s) URL.
+    pub url: String,
+    /// OpenAI's detail hint (ignored).
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// Token counts in the OpenAI shape.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    /// Prompt tokens (text + image).
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Sum of both.
+    pub total_tokens: usize,
+}
+
+/// A non-streaming answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletion {
+    /// `chatcmpl-...`.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// Model name.
+    pub model: String,
+    /// One choice.
+    pub choices: Vec<Choice>,
+    /// Token counts.
+    pub usage: Usage,
+    /// What DMS decided.
+    pub dms: DmsReport,
+}
+
+/// A non-streaming choice.
+#[derive(Debug, Clone, Serialize)]
+pub struct Choice {
+    /// Always 0.
+    pub index: usize,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// `stop` or `length`.
+    pub finish_reason: &'static str,
+}
+
+/// The assistant's message.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The text.
+    pub content: String,
+}
+
+/// The OpenAI `finish_reason` string.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// `GET /v1/models` entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCard {
+    /// Model name.
+    pub id: String,
+    /// `model`.
+    pub object: &'static str,
+    /// Unix seconds (server start).
+    pub created: u64,
+    /// `llama-dms`.
+    pub owned_by: &'static str,
+    /// Whether images are accepted.
+    pub vision: bool,
+    /// Context window.
+    pub context_length: usize,
+    /// llama.cpp's description.
+    pub description: String,
+}

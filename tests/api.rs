@@ -1,0 +1,437 @@
+//! The HTTP API through `Router::oneshot` on a real (tiny) engine: every error class answers
+//! with the right status and an OpenAI-shaped body, and good requests get OpenAI shapes.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use base64::Engine as _;
+use llama_dms::api::{router, AppState, Limits};
+use llama_dms::engine::{EngineConfig, EngineHandle, GenerateRequest, Message, Role};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+fn engine(queue: usize) -> EngineHandle {
+    engine_with_ctx(queue, 256)
+}
+
+fn engine_with_ctx(queue: usize, n_ctx: u32) -> EngineHandle {
+    let tiny = common::tiny_models();
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()));
+    config.runtime.context.n_ctx = n_ctx;
+    config.runtime.context.n_threads = 1;
+    config.queue_capacity = queue;
+    config.max_image_pixels = 128 * 128;
+    EngineHandle::start(config).unwrap()
+}
+
+fn app_with(engine: EngineHandle, keys: &[&str]) -> Router {
+    let limits = Limits {
+        max_body_bytes: 64 * 1024,
+        max_images: 2,
+        ..Limits::default()
+    };
+    let state = AppState::new(keys.iter().map(|k| k.to_string()).collect(), limits);
+    state.set_engine(engine);
+    router(state, &[])
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<String>,
+    key: Option<&str>,
+) -> (StatusCode, Value, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value, retry)
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, case: &str) {
+    assert_eq!(status, expected, "{case}: {body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{case}: {body}"
+    );
+    assert!(
+        e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(),
+        "{case}: {body}"
+    );
+}
+
+fn data_uri(bytes: &[u8], mime: &str) -> String {
+    format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+fn chat(content: Value, extra: Value) -> String {
+    let mut body = json!({"messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body.to_string()
+}
+
+fn image_part(url: String) -> Value {
+    json!({"type": "image_url", "image_url": {"url": url}})
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_with_openai_errors() {
+    let app = app_with(engine(4), &[]);
+    let png = data_uri(&common::png(16, 16, [255, 0, 0]), "image/png");
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        ("malformed JSON", "{\"messages\": [".into(), None),
+        (
+            "trailing garbage",
+            format!("{} x", chat(json!("hi"), json!({}))),
+            None,
+        ),
+        (
+            "messages not a list",
+            json!({"messages": "hi"}).to_string(),
+            Some("messages"),
+        ),
+        (
+            "temperature wrong type",
+            chat(json!("hi"), json!({"temperature": "hot"})),
+            Some("temperature"),
+        ),
+        (
+            "temperature out of range",
+            chat(json!("hi"), json!({"temperature": 7})),
+            Some("temperature"),
+        ),
+        (
+            "unknown role",
+            json!({"messages": [{"role": "wizard", "content": "hi"}]}).to_string(),
+            None,
+        ),
+        (
+            "empty messages",
+            json!({"messages": []}).to_string(),
+            Some("messages"),
+        ),
+        ("n > 1", chat(json!("hi"), json!({"n": 2})), Some("n")),
+        (
+            "max_tokens 0",
+            chat(json!("hi"), json!({"max_tokens": 0})),
+            Some("max_tokens"),
+        ),
+        (
+            "max_tokens negative",
+            chat(json!("hi"), json!({"max_tokens": -5})),
+            Some("max_tokens"),
+        ),
+        (
+            "bad base64",
+            chat(
+                json!([image_part("data:image/png;base64,@@@".into())]),
+                json!({}),
+            ),
+            None,
+        ),
+        (
+            "unsupported MIME",
+            chat(
+                json!([image_part(data_uri(b"hi", "text/plain"))]),
+                json!({}),
+            ),
+            None,
+        ),
+        (
+            "not an image",
+            chat(
+                json!([image_part(data_uri(b"plain text", "image/png"))]),
+                json!({}),
+            ),
+            None,
+        ),
+        (
+            "truncated PNG",
+            chat(
+                json!([image_part(data_uri(
+                    &common::png(16, 16, [1, 2, 3])[..40],
+                    "image/png"
+                ))]),
+                json!({}),
+            ),
+            None,
+        ),
+        (
+            "too many images",
+            chat(
+                json!([
+                    image_part(png.clone()),
+                    image_part(png.clone()),
+                    image_part(png.clone())
+                ]),
+                json!({}),
+            ),
+            Some("messages"),
+        ),
+        (
+            "image too large",
+            chat(
+                json!([image_part(data_uri(
+                    &common::png(200, 200, [0, 0, 0]),
+                    "image/png"
+                ))]),
+                json!({}),
+            ),
+            None,
+        ),
+        (
+            "remote URL",
+            chat(
+                json!([image_part("http://127.0.0.1/x.png".into())]),
+                json!({}),
+            ),
+            None,
+        ),
+        (
+            "file outside allowed path",
+            chat(json!([image_part("file:///etc/passwd".into())]), json!({})),
+            None,
+        ),
+        (
+            "prompt longer than the context",
+            chat(json!("the image ".repeat(300)), json!({})),
+            None,
+        ),
+        (
+            "unknown dms mode",
+            chat(json!("hi"), json!({"dms": {"mode": "magic"}})),
+            Some("dms.mode"),
+        ),
+        (
+            "negative dms weights",
+            chat(
+                json!("hi"),
+                json!({"dms": {"mode": "fixed", "weights": {"images": [], "text": -1.0}}}),
+            ),
+            Some("dms.weights"),
+        ),
+        (
+            "absurd mc_samples",
+            chat(
+                json!("hi"),
+                json!({"dms": {"mode": "rule", "mc_samples": 1000000}}),
+            ),
+            Some("dms.mc_samples"),
+        ),
+        (
+            "unknown dms field",
+            chat(json!("hi"), json!({"dms": {"mood": "rule"}})),
+            None,
+        ),
+        (
+            "unknown scheduler",
+            chat(
+                json!([image_part(png.clone()), {"type": "text", "text": "hi"}]),
+                json!({"dms": {"mode": "rule", "scheduler": "nope"}}),
+            ),
+            None,
+        ),
+    ];
+    for (case, body, param) in cases {
+        let (status, value, _) = call(&app, "POST", "/v1/chat/completions", Some(body), None).await;
+        assert_error(status, &value, StatusCode::BAD_REQUEST, case);
+        if let Some(p) = param {
+            assert_eq!(value["error"]["param"], p, "{case}: {value}");
+        }
+    }
+    // Still healthy and answering.
+    let (status, value, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!("hi"), json!({}))),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+}
+
+#[tokio::test]
+async fn auth_not_found_and_body_limit() {
+    let app = app_with(engine(4), &["secret-1", "secret-2"]);
+    let body = chat(json!("hi"), json!({}));
+    let (s, v, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.clone()),
+        None,
+    )
+    .await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "no key");
+    let (s, v, _) = call(&app, "GET", "/v1/models", None, Some("secret-3")).await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "wrong key");
+    let (s, _, _) = call(&app, "GET", "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK, "health stays public");
+    let (s, v, _) = call(&app, "GET", "/v1/models", None, Some("secret-2")).await;
+    assert_eq!(s, StatusCode::OK);
+    let id = v["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(v["data"][0]["vision"], true);
+
+    let (s, v, _) = call(&app, "GET", "/v1/nothing-here", None, Some("secret-1")).await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "unknown route");
+    let (s, v, _) = call(&app, "GET", "/nope", None, None).await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "unknown route outside /v1");
+    let (s, v, _) = call(&app, "GET", "/v1/models/nope", None, Some("secret-1")).await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "unknown model id");
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        &format!("/v1/models/{id}"),
+        None,
+        Some("secret-1"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let wrong_model = chat(json!("hi"), json!({"model": "gpt-4o"}));
+    let (s, v, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(wrong_model),
+        Some("secret-1"),
+    )
+    .await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "unknown model");
+
+    let huge = chat(json!("x".repeat(100 * 1024)), json!({}));
+    let (s, v, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(huge),
+        Some("secret-1"),
+    )
+    .await;
+    assert_error(s, &v, StatusCode::PAYLOAD_TOO_LARGE, "body over the limit");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let engine = engine_with_ctx(1, 2048);
+    let app = app_with(engine.clone(), &[]);
+    let long = || {
+        let mut r = GenerateRequest::new(vec![Message::text(Role::User, "Tell me a long story.")]);
+        r.max_tokens = 1800;
+        r.sampling.ignore_eos = true;
+        r
+    };
+    // One request running (it has produced text) and one waiting fill a queue of one.
+    let mut running = engine.submit(long()).unwrap();
+    assert!(matches!(
+        running.recv().await,
+        Some(llama_dms::engine::Event::Text(_))
+    ));
+    let waiting = engine.submit(long()).unwrap();
+    let busy = (running, waiting);
+    let (s, v, retry) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!("hi"), json!({}))),
+        None,
+    )
+    .await;
+    assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "queue full");
+    assert_eq!(retry, "1", "Retry-After is set");
+    drop(busy);
+}
+
+#[tokio::test]
+async fn good_requests_get_openai_shapes() {
+    let app = app_with(engine(4), &[]);
+    let png = data_uri(&common::png(32, 32, [0, 0, 255]), "image/png");
+    let content = json!([image_part(png), {"type": "text", "text": "What colour?"}]);
+    let extra = json!({"seed": 3, "stop": ["zzz"], "cache_prompt": true, "dms": {"mode": "fixed", "weights": {"images": [0.5], "text": 1.0}}});
+    let (s, v, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(content.clone(), extra)),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(matches!(
+        v["choices"][0]["finish_reason"].as_str(),
+        Some("stop" | "length")
+    ));
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() >= 16);
+    assert_eq!(v["dms"]["weights"]["images"][0], 0.5);
+
+    let (s, v, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(
+            content,
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().expect("SSE text");
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let first: Value = serde_json::from_str(events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let usage: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let last: Value = serde_json::from_str(events[events.len() - 3]).unwrap();
+    assert!(last["choices"][0]["finish_reason"].is_string() && last["dms"].is_object());
+}
+
+#[tokio::test]
+async fn health_is_503_while_loading() {
+    let state = AppState::new(Vec::new(), Limits::default());
+    let app = router(state, &[]);
+    let (s, _, _) = call(&app, "GET", "/health", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, v, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(json!("hi"), json!({}))),
+        None,
+    )
+    .await;
+    assert_error(s, &v, StatusCode::SERVICE_UNAVAILABLE, "loading");
+}
