@@ -67,6 +67,15 @@ async fn call(
     (status, value, retry)
 }
 
+/// `POST /v1/chat/completions` with `body`.
+async fn post_chat(
+    app: &Router,
+    body: Option<String>,
+    key: Option<&str>,
+) -> (StatusCode, Value, String) {
+    call(app, "POST", "/v1/chat/completions", body, key).await
+}
+
 fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, case: &str) {
     assert_eq!(status, expected, "{case}: {body}");
     let e = &body["error"];
@@ -258,21 +267,14 @@ async fn bad_requests_get_400_with_openai_errors() {
         ),
     ];
     for (case, body, param) in cases {
-        let (status, value, _) = call(&app, "POST", "/v1/chat/completions", Some(body), None).await;
+        let (status, value, _) = post_chat(&app, Some(body), None).await;
         assert_error(status, &value, StatusCode::BAD_REQUEST, case);
         if let Some(p) = param {
             assert_eq!(value["error"]["param"], p, "{case}: {value}");
         }
     }
     // Still healthy and answering.
-    let (status, value, _) = call(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(chat(json!("hi"), json!({}))),
-        None,
-    )
-    .await;
+    let (status, value, _) = post_chat(&app, Some(chat(json!("hi"), json!({}))), None).await;
     assert_eq!(status, StatusCode::OK, "{value}");
 }
 
@@ -280,14 +282,7 @@ async fn bad_requests_get_400_with_openai_errors() {
 async fn auth_not_found_and_body_limit() {
     let app = app_with(engine(4), &["secret-1", "secret-2"]);
     let body = chat(json!("hi"), json!({}));
-    let (s, v, _) = call(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(body.clone()),
-        None,
-    )
-    .await;
+    let (s, v, _) = post_chat(&app, Some(body.clone()), None).await;
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "no key");
     let (s, v, _) = call(&app, "GET", "/v1/models", None, Some("secret-3")).await;
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "wrong key");
@@ -314,25 +309,11 @@ async fn auth_not_found_and_body_limit() {
     .await;
     assert_eq!(s, StatusCode::OK);
     let wrong_model = chat(json!("hi"), json!({"model": "gpt-4o"}));
-    let (s, v, _) = call(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(wrong_model),
-        Some("secret-1"),
-    )
-    .await;
+    let (s, v, _) = post_chat(&app, Some(wrong_model), Some("secret-1")).await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "unknown model");
 
     let huge = chat(json!("x".repeat(100 * 1024)), json!({}));
-    let (s, v, _) = call(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(huge),
-        Some("secret-1"),
-    )
-    .await;
+    let (s, v, _) = post_chat(&app, Some(huge), Some("secret-1")).await;
     assert_error(s, &v, StatusCode::PAYLOAD_TOO_LARGE, "body over the limit");
 }
 
@@ -354,14 +335,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     ));
     let waiting = engine.submit(long()).unwrap();
     let busy = (running, waiting);
-    let (s, v, retry) = call(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(chat(json!("hi"), json!({}))),
-        None,
-    )
-    .await;
+    let (s, v, retry) = post_chat(&app, Some(chat(json!("hi"), json!({}))), None).await;
     assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "queue full");
     assert_eq!(retry, "1", "Retry-After is set");
     drop(busy);
@@ -373,14 +347,7 @@ async fn good_requests_get_openai_shapes() {
     let png = data_uri(&common::png(32, 32, [0, 0, 255]), "image/png");
     let content = json!([image_part(png), {"type": "text", "text": "What colour?"}]);
     let extra = json!({"seed": 3, "stop": ["zzz"], "cache_prompt": true, "dms": {"mode": "fixed", "weights": {"images": [0.5], "text": 1.0}}});
-    let (s, v, _) = call(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(chat(content.clone(), extra)),
-        None,
-    )
-    .await;
+    let (s, v, _) = post_chat(&app, Some(chat(content.clone(), extra)), None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["object"], "chat.completion");
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -392,10 +359,8 @@ async fn good_requests_get_openai_shapes() {
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() >= 16);
     assert_eq!(v["dms"]["weights"]["images"][0], 0.5);
 
-    let (s, v, _) = call(
+    let (s, v, _) = post_chat(
         &app,
-        "POST",
-        "/v1/chat/completions",
         Some(chat(
             content,
             json!({"stream": true, "stream_options": {"include_usage": true}}),
@@ -425,13 +390,6 @@ async fn health_is_503_while_loading() {
     let app = router(state, &[]);
     let (s, _, _) = call(&app, "GET", "/health", None, None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    let (s, v, _) = call(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(chat(json!("hi"), json!({}))),
-        None,
-    )
-    .await;
+    let (s, v, _) = post_chat(&app, Some(chat(json!("hi"), json!({}))), None).await;
     assert_error(s, &v, StatusCode::SERVICE_UNAVAILABLE, "loading");
 }

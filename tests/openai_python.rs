@@ -4,18 +4,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::start_server as start;
 
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("LLAMA_DMS_PYTHON") {
@@ -28,60 +19,6 @@ fn python() -> PathBuf {
         venv.display()
     );
     venv
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(model: &std::path::Path, mmproj: &std::path::Path) -> (Server, String) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_llama-dms"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--threads",
-            "2",
-        ])
-        .args([
-            "--model",
-            model.to_str().unwrap(),
-            "--mmproj",
-            mmproj.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the server");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ok = std::net::TcpStream::connect(("127.0.0.1", port))
-            .and_then(|mut s| {
-                use std::io::{Read, Write};
-                s.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
-                let mut out = String::new();
-                s.read_to_string(&mut out)?;
-                Ok(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
-            })
-            .unwrap_or(false);
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not become healthy"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (server, format!("http://127.0.0.1:{port}/v1"))
 }
 
 fn run_client(base: &str) {

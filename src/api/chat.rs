@@ -130,6 +130,7 @@ pub fn to_engine_request(
         presence_penalty: req.presence_penalty.unwrap_or(0.0),
         frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
         seed: req.seed.map_or_else(rand_seed, |s| s as u32),
+        ignore_eos: req.ignore_eos.unwrap_or(false),
         ..defaults
     };
     Ok(GenerateRequest {

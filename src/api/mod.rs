@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod error;
 pub mod media;
+pub mod metrics;
 pub mod types;
 
 use std::sync::{Arc, OnceLock};
@@ -58,6 +59,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Server start (Unix seconds), reported as the model's `created`.
     pub started: u64,
+    /// HTTP counters for `/metrics`.
+    pub http: Arc<metrics::HttpMetrics>,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
             api_keys: Arc::new(api_keys),
             limits: Arc::new(limits),
             started: chat::now(),
+            http: Arc::default(),
         }
     }
 
@@ -96,10 +100,19 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             require_api_key,
         ));
     let mut app = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
         .nest("/v1", v1)
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found("unknown route") })
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_and_log,
+        ))
         .with_state(state);
     if !cors_origins.is_empty() {
         let origins: Vec<HeaderValue> =

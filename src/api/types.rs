@@ -52,6 +52,9 @@ pub struct ChatCompletionRequest {
     /// Streaming options.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Never stop at an end-of-generation token (llama.cpp's extension; for benchmarks).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
     /// Our extension: how modality weights are chosen.
     #[serde(default)]
     pub dms: Option<DmsRequest>,

@@ -11,11 +11,11 @@ pub mod dms_stage;
 pub mod image;
 pub mod prompt;
 pub mod runtime;
+pub mod stats;
 pub mod text;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use serde::Serialize;
@@ -29,6 +29,7 @@ pub use dms_stage::SignalCache;
 pub use image::{decode_image, ImageError, RgbImage};
 pub use prompt::{ContentPart, Message, Prompt, Role};
 pub use runtime::{Runtime, RuntimeConfig};
+pub use stats::{EngineStats, StatsSnapshot, WEIGHT_BUCKETS};
 
 /// Engine errors, typed so that callers (CLI, HTTP) can map them to exit codes or statuses.
 #[derive(Debug, thiserror::Error)]
@@ -224,46 +225,6 @@ pub struct ModelInfo {
     pub vision: bool,
 }
 
-/// Counters of what the worker has done since start.
-#[derive(Debug, Default)]
-pub struct EngineStats {
-    completed: AtomicU64,
-    failed: AtomicU64,
-    cancelled: AtomicU64,
-    generated_tokens: AtomicU64,
-}
-
-/// A snapshot of [`EngineStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct StatsSnapshot {
-    /// Requests that finished normally.
-    pub completed: u64,
-    /// Requests that ended with an error.
-    pub failed: u64,
-    /// Requests abandoned by their caller.
-    pub cancelled: u64,
-    /// Tokens generated over all requests.
-    pub generated_tokens: u64,
-}
-
-impl EngineStats {
-    fn record(&self, counter: &AtomicU64, tokens: usize) {
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.generated_tokens
-            .fetch_add(tokens as u64, Ordering::Relaxed);
-    }
-
-    /// The current counts.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            completed: self.completed.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            cancelled: self.cancelled.load(Ordering::Relaxed),
-            generated_tokens: self.generated_tokens.load(Ordering::Relaxed),
-        }
-    }
-}
-
 struct Job {
     request: GenerateRequest,
     events: tmpsc::UnboundedSender<Event>,
@@ -309,12 +270,14 @@ impl EngineHandle {
     /// Queues a request; fails at once with [`EngineError::QueueFull`] when the queue is full.
     pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
         let (events, rx) = tmpsc::unbounded_channel();
-        self.jobs
-            .try_send(Job { request, events })
-            .map_err(|e| match e {
+        self.stats.enqueued();
+        self.jobs.try_send(Job { request, events }).map_err(|e| {
+            self.stats.dequeued();
+            match e {
                 mpsc::TrySendError::Full(_) => EngineError::QueueFull,
                 mpsc::TrySendError::Disconnected(_) => EngineError::ShutDown,
-            })?;
+            }
+        })?;
         Ok(EventStream { rx })
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc as tmpsc;
 use crate::llama::{Model, ModelParams, Sampler};
 
 use super::dms_stage::{pick_scheduler, UnimodalPrompts};
+use super::stats::Outcome;
 use super::{
     decode_image, ContentPart, DmsMode, DmsReport, Done, EngineConfig, EngineError, EngineStats,
     Event, FinishReason, Job, Message, ModalityWeights, ModelInfo, Prompt, RgbImage, Role, Runtime,
@@ -60,8 +61,9 @@ pub(super) fn run(
     }
     let mut cache = SignalCache::new(config.signal_cache_images);
     while let Ok(job) = queue.recv() {
+        stats.dequeued();
         if job.events.is_closed() {
-            stats.record(&stats.cancelled, 0);
+            stats.finished(Outcome::Cancelled, 0, None);
             continue;
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -70,19 +72,23 @@ pub(super) fn run(
         rt.context().clear_memory();
         let event = match outcome {
             Ok(Ok(Served::Done(done))) => {
-                stats.record(&stats.completed, done.usage.completion_tokens);
+                stats.finished(
+                    Outcome::Completed,
+                    done.usage.completion_tokens,
+                    Some(&done),
+                );
                 Event::Done(done)
             }
             Ok(Ok(Served::Cancelled { generated })) => {
-                stats.record(&stats.cancelled, generated);
+                stats.finished(Outcome::Cancelled, generated, None);
                 continue; // nobody is listening
             }
             Ok(Err(e)) => {
-                stats.record(&stats.failed, 0);
+                stats.finished(Outcome::Failed, 0, None);
                 Event::Error(e)
             }
             Err(panic) => {
-                stats.record(&stats.failed, 0);
+                stats.finished(Outcome::Failed, 0, None);
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())

@@ -3,7 +3,9 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use llama_dms::engine::{Prompt, Runtime, RuntimeConfig};
 use llama_dms::llama::ContextParams;
@@ -129,4 +131,71 @@ pub fn demo_paths() -> Option<DemoPaths> {
             Some(demo::prepare(&cache_dir(), false).expect("demo prepares"))
         })
         .clone()
+}
+
+/// Kills the server when the test ends, however it ends.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `llama-dms serve` on a free loopback port with `model` and `mmproj` and waits until
+/// `/health` answers 200. Returns the server and its `/v1` base URL.
+pub fn start_server(model: &Path, mmproj: &Path) -> (Server, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_llama-dms"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "2",
+        ])
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--mmproj",
+            mmproj.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
+            })
+            .unwrap_or(false);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not become healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (server, format!("http://127.0.0.1:{port}/v1"))
 }

@@ -1,0 +1,161 @@
+//! A real `llama-dms serve` on 127.0.0.1 (tiny model) spoken to over raw HTTP: stop strings,
+//! seeded sampling, metrics, and a client that disconnects mid-stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, body).
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn port_of(base: &str) -> u16 {
+    base.trim_end_matches("/v1")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn chat(port: u16, extra: Value) -> (u16, Value) {
+    let mut body = json!({"messages": [{"role": "user", "content": "Tell me about the image."}], "max_tokens": 24});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&body));
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn content(v: &Value) -> String {
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn stop_strings_seeds_and_metrics() {
+    let tiny = common::tiny_models();
+    let (_server, base) = common::start_server(&tiny.model, &tiny.mmproj);
+    let port = port_of(&base);
+
+    let (s, plain) = chat(port, json!({"temperature": 0}));
+    assert_eq!(s, 200, "{plain}");
+    let text = content(&plain);
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() > 8, "answer too short to cut: {text:?}");
+    let stop: String = chars[4..7].iter().collect();
+    let expected: String = text[..text.find(&stop).unwrap()].to_string();
+    let (_, stopped) = chat(
+        port,
+        json!({"temperature": 0, "stop": [stop.clone(), "never-appears"]}),
+    );
+    assert_eq!(content(&stopped), expected, "stop {stop:?} in {text:?}");
+    assert!(!content(&stopped).contains(&stop));
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+
+    let (_, a) = chat(port, json!({"temperature": 1.0, "seed": 5}));
+    let (_, b) = chat(port, json!({"temperature": 1.0, "seed": 5}));
+    let (_, c) = chat(port, json!({"temperature": 1.0, "seed": 6}));
+    assert_eq!(content(&a), content(&b), "same seed, same text");
+    assert_ne!(content(&a), content(&c), "another seed, another text");
+
+    let png = base64_png();
+    let image = json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png}}, {"type": "text", "text": "colour?"}]}],
+                        "max_tokens": 2, "dms": {"mode": "fixed", "weights": {"images": [0.6], "text": 1.4}}});
+    let (s, _) = http(port, "POST", "/v1/chat/completions", Some(&image));
+    assert_eq!(s, 200);
+    let (s, metrics) = http(port, "GET", "/metrics", None);
+    assert_eq!(s, 200);
+    for line in [
+        "llama_dms_requests_completed_total 6",
+        "llama_dms_image_weight_count 1",
+        "llama_dms_image_weight_bucket{le=\"0.5\"} 0",
+        "llama_dms_image_weight_bucket{le=\"0.75\"} 1",
+        "llama_dms_queue_depth 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("llama_dms_http_requests_total"));
+}
+
+fn base64_png() -> String {
+    use base64::Engine as _;
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(common::png(32, 32, [9, 9, 200]))
+    )
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_frees_the_engine() {
+    let tiny = common::tiny_models();
+    let (_server, base) = common::start_server(&tiny.model, &tiny.mmproj);
+    let port = port_of(&base);
+    let body = json!({"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 3000,
+                      "ignore_eos": true, "stream": true}).to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("\"content\":\"") {
+        line.clear();
+    }
+    assert!(line.contains("data:"), "no content chunk arrived");
+    drop(reader); // hang up mid-stream
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http(port, "GET", "/metrics", None);
+        if metrics
+            .lines()
+            .any(|l| l == "llama_dms_requests_cancelled_total 1")
+        {
+            let generated: u64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("llama_dms_generated_tokens_total "))
+                .and_then(|v| v.parse().ok())
+                .unwrap();
+            assert!(
+                generated < 3000,
+                "the generation ran to the end: {generated}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the disconnect did not cancel the generation:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, answer) = chat(port, json!({"temperature": 0, "max_tokens": 4}));
+    assert_eq!(status, 200, "{answer}");
+}
