@@ -393,3 +393,67 @@ async fn health_is_503_while_loading() {
     let (s, v, _) = post_chat(&app, Some(chat(json!("hi"), json!({}))), None).await;
     assert_error(s, &v, StatusCode::SERVICE_UNAVAILABLE, "loading");
 }
+
+#[tokio::test]
+async fn text_completions_logprobs_and_response_format() {
+    let app = app_with(engine(4), &[]);
+    let body = json!({"prompt": "The colour of the sky is", "max_tokens": 5, "temperature": 0})
+        .to_string();
+    let (s, v, _) = call(&app, "POST", "/v1/completions", Some(body), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert!(v["choices"][0]["text"].is_string());
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+
+    let stream =
+        json!({"prompt": ["once upon a time"], "max_tokens": 3, "stream": true}).to_string();
+    let (s, v, _) = call(&app, "POST", "/v1/completions", Some(stream), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().unwrap();
+    assert!(
+        text.contains("\"object\":\"text_completion\"")
+            && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
+    let two = json!({"prompt": ["a", "b"]}).to_string();
+    let (s, v, _) = call(&app, "POST", "/v1/completions", Some(two), None).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "two prompts");
+
+    let greedy = chat(
+        json!("hi"),
+        json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 4}),
+    );
+    let (s, v, _) = post_chat(&app, Some(greedy), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for entry in content {
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(entry["token"], top[0]["token"], "{entry}");
+    }
+    let bad = chat(json!("hi"), json!({"logprobs": true, "top_logprobs": 50}));
+    let (s, v, _) = post_chat(&app, Some(bad), None).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "top_logprobs over 20");
+
+    let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false});
+    let structured = chat(
+        json!("Answer in JSON."),
+        json!({"max_tokens": 60, "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}}),
+    );
+    let (s, v, _) = post_chat(&app, Some(structured), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let out = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let parsed: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?} is not JSON: {e}"));
+    assert!(parsed["ok"].is_boolean(), "{parsed}");
+    let unknown = chat(json!("hi"), json!({"response_format": {"type": "xml"}}));
+    let (s, v, _) = post_chat(&app, Some(unknown), None).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "unknown response_format");
+}

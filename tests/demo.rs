@@ -88,6 +88,7 @@ fn ask(engine: &EngineHandle, image: Vec<u8>) -> String {
             Event::Text(t) => text.push_str(&t),
             Event::Done(_) => return text,
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::Logprob(_) => {}
         }
     }
 }

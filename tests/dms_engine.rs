@@ -7,8 +7,8 @@ mod common;
 use std::io::Cursor;
 
 use llama_dms::engine::{
-    ContentPart, DmsMode, DmsReport, DmsSettings, EngineConfig, EngineHandle, Event,
-    GenerateRequest, Message, Prompt, Role, Runtime,
+    ContentPart, DmsMode, DmsReport, DmsSettings, Emitted, EngineConfig, EngineHandle, Event,
+    GenerateOptions, GenerateRequest, Message, Prompt, Role, Runtime,
 };
 use llama_dms::llama::{Model, ModelParams, Sampler, SamplerParams};
 use llama_dms::models::demo::DemoPaths;
@@ -63,6 +63,7 @@ fn run(engine: &EngineHandle, r: GenerateRequest) -> (String, DmsReport) {
             Event::Text(t) => text.push_str(&t),
             Event::Done(d) => return (text, d.dms),
             Event::Error(e) => panic!("{e}"),
+            Event::Logprob(_) => {}
         }
     }
 }
@@ -92,8 +93,15 @@ fn off_is_plain_llama_cpp_evaluation() {
     let n_past = rt.prefill_reference(&prompt, 0).unwrap().n_past;
     let mut sampler = Sampler::new(&model, &SamplerParams::greedy()).unwrap();
     let mut plain = String::new();
-    rt.generate(n_past, 0, &mut sampler, 10, &[], &mut |p| {
-        plain.push_str(p);
+    let options = GenerateOptions {
+        max_tokens: 10,
+        stops: &[],
+        top_logprobs: None,
+    };
+    rt.generate(n_past, 0, &mut sampler, &options, &mut |e| {
+        if let Emitted::Text(p) = e {
+            plain.push_str(p);
+        }
         true
     })
     .unwrap();

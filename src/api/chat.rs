@@ -11,15 +11,15 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::engine::{
     ContentPart as EngineContent, DmsMode, DmsSettings, Event, GenerateRequest, Message,
-    Role as EngineRole,
+    ResponseFormat, Role as EngineRole, TokenLogprob,
 };
 use crate::llama::SamplerParams;
 
 use super::error::ApiError;
 use super::media::load_image;
 use super::types::{
-    finish_reason, AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ContentPart,
-    MessageContent, Role, Usage,
+    finish_reason, AssistantMessage, ChatCompletion, Choice, ContentPart, GenerationRequest,
+    LogprobsField, MessageContent, ResponseFormatRequest, Role, Usage,
 };
 use super::AppState;
 
@@ -56,33 +56,78 @@ fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
-/// Turns the OpenAI request into an engine request (checking every field).
+/// Checks the shared sampling fields and turns them into a request without messages.
+pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateRequest, ApiError> {
+    if matches!(f.n, Some(n) if n != 1) {
+        return Err(ApiError::bad_param("n", "only n = 1 is supported"));
+    }
+    in_range(f.temperature, 0.0, 2.0, "temperature")?;
+    in_range(f.top_p, 0.0, 1.0, "top_p")?;
+    in_range(f.min_p, 0.0, 1.0, "min_p")?;
+    in_range(f.top_k, 0, i32::MAX, "top_k")?;
+    in_range(f.presence_penalty, -2.0, 2.0, "presence_penalty")?;
+    in_range(f.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+    let max_tokens = f.max_completion_tokens.or(f.max_tokens);
+    in_range(max_tokens, 1, n_ctx as i64, "max_tokens")?;
+    let defaults = SamplerParams::default();
+    let sampling = SamplerParams {
+        temperature: f.temperature.unwrap_or(defaults.temperature),
+        top_k: f.top_k.unwrap_or(defaults.top_k),
+        top_p: f.top_p.unwrap_or(defaults.top_p),
+        min_p: f.min_p.unwrap_or(defaults.min_p),
+        presence_penalty: f.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        seed: f.seed.map_or_else(rand_seed, |s| s as u32),
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+        ..defaults
+    };
+    let response_format = match f.response_format.clone() {
+        None | Some(ResponseFormatRequest::Text) => None,
+        Some(ResponseFormatRequest::JsonObject) => Some(ResponseFormat::JsonObject),
+        Some(ResponseFormatRequest::JsonSchema { json_schema }) => Some(match json_schema.schema {
+            Some(schema) => ResponseFormat::JsonSchema(schema),
+            None => ResponseFormat::JsonObject,
+        }),
+    };
+    Ok(GenerateRequest {
+        sampling,
+        max_tokens: max_tokens.map_or(n_ctx, |n| n as usize),
+        stop: f.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        response_format,
+        ..GenerateRequest::new(Vec::new())
+    })
+}
+
+/// Turns a chat request into an engine request (checking every field).
 pub fn to_engine_request(
-    req: ChatCompletionRequest,
+    mut req: GenerationRequest,
     state: &AppState,
     n_ctx: usize,
 ) -> Result<GenerateRequest, ApiError> {
-    if req.messages.is_empty() {
+    let chat = req.messages.take().unwrap_or_default();
+    if chat.is_empty() {
         return Err(ApiError::bad_param(
             "messages",
             "messages must not be empty",
         ));
     }
-    if matches!(req.n, Some(n) if n != 1) {
-        return Err(ApiError::bad_param("n", "only n = 1 is supported"));
+    in_range(req.top_logprobs, 0, 20, "top_logprobs")?;
+    let mut request = base_request(&req, n_ctx)?;
+    match req.logprobs {
+        Some(LogprobsField::Flag(true)) => {
+            request.top_logprobs = Some(req.top_logprobs.unwrap_or(0) as usize)
+        }
+        Some(LogprobsField::Count(_)) => {
+            return Err(ApiError::bad_param(
+                "logprobs",
+                "logprobs is a boolean in the chat API",
+            ))
+        }
+        _ => {}
     }
-    in_range(req.temperature, 0.0, 2.0, "temperature")?;
-    in_range(req.top_p, 0.0, 1.0, "top_p")?;
-    in_range(req.min_p, 0.0, 1.0, "min_p")?;
-    in_range(req.top_k, 0, i32::MAX, "top_k")?;
-    in_range(req.presence_penalty, -2.0, 2.0, "presence_penalty")?;
-    in_range(req.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
-    in_range(max_tokens, 1, n_ctx as i64, "max_tokens")?;
-
-    let mut messages = Vec::with_capacity(req.messages.len());
+    let mut messages = Vec::with_capacity(chat.len());
     let mut n_images = 0;
-    for (i, m) in req.messages.into_iter().enumerate() {
+    for (i, m) in chat.into_iter().enumerate() {
         let role = match m.role {
             Role::System | Role::Developer => EngineRole::System,
             Role::User => EngineRole::User,
@@ -121,25 +166,9 @@ pub fn to_engine_request(
         };
         messages.push(Message { role, content });
     }
-    let defaults = SamplerParams::default();
-    let sampling = SamplerParams {
-        temperature: req.temperature.unwrap_or(defaults.temperature),
-        top_k: req.top_k.unwrap_or(defaults.top_k),
-        top_p: req.top_p.unwrap_or(defaults.top_p),
-        min_p: req.min_p.unwrap_or(defaults.min_p),
-        presence_penalty: req.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
-        seed: req.seed.map_or_else(rand_seed, |s| s as u32),
-        ignore_eos: req.ignore_eos.unwrap_or(false),
-        ..defaults
-    };
-    Ok(GenerateRequest {
-        messages,
-        sampling,
-        max_tokens: max_tokens.map_or(n_ctx, |n| n as usize),
-        stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
-        dms: dms_settings(req.dms, n_images)?,
-    })
+    request.messages = messages;
+    request.dms = dms_settings(req.dms, n_images)?;
+    Ok(request)
 }
 
 fn rand_seed() -> u32 {
@@ -194,26 +223,78 @@ fn dms_settings(
     })
 }
 
+/// Which OpenAI endpoint an answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `chat.completion` objects with `message` / `delta`.
+    Chat,
+    /// `text_completion` objects with `text`.
+    Text,
+}
+
+impl Shape {
+    fn id(self) -> String {
+        let prefix = if self == Shape::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        };
+        completion_id().replacen("chatcmpl", prefix, 1)
+    }
+}
+
+/// One token's log-probabilities in OpenAI's chat shape.
+fn logprob_json(lp: &TokenLogprob) -> serde_json::Value {
+    let top: Vec<_> = lp
+        .top
+        .iter()
+        .map(|(t, b, l)| json!({"token": t, "logprob": l, "bytes": b}))
+        .collect();
+    json!({"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes, "top_logprobs": top})
+}
+
+/// The `usage` object.
+fn usage_of(u: crate::engine::Usage) -> Usage {
+    Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.prompt_tokens + u.completion_tokens,
+    }
+}
+
 /// Runs a request to the end and answers with one JSON object.
 pub async fn complete(
     state: &AppState,
     request: GenerateRequest,
     model: String,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
+    let wants_logprobs = request.top_logprobs.is_some();
     let mut events = state.engine()?.submit(request)?;
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = events.recv().await {
         match event {
             Event::Text(t) => text.push_str(&t),
+            Event::Logprob(lp) => logprobs.push(logprob_json(&lp)),
             Event::Error(e) => return Err(e.into()),
             Event::Done(done) => {
-                let usage = Usage {
-                    prompt_tokens: done.usage.prompt_tokens,
-                    completion_tokens: done.usage.completion_tokens,
-                    total_tokens: done.usage.prompt_tokens + done.usage.completion_tokens,
-                };
+                let usage = usage_of(done.usage);
+                tracing::info!(
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    "completed"
+                );
+                let logprobs = wants_logprobs.then(|| json!({"content": logprobs}));
+                let finish = finish_reason(done.finish_reason);
+                if shape == Shape::Text {
+                    let body = json!({"id": shape.id(), "object": "text_completion", "created": now(), "model": model,
+                        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+                        "usage": usage, "dms": done.dms});
+                    return Ok(axum::Json(body).into_response());
+                }
                 let body = ChatCompletion {
-                    id: completion_id(),
+                    id: shape.id(),
                     object: "chat.completion",
                     created: now(),
                     model,
@@ -223,7 +304,8 @@ pub async fn complete(
                             role: "assistant",
                             content: text,
                         },
-                        finish_reason: finish_reason(done.finish_reason),
+                        logprobs,
+                        finish_reason: finish,
                     }],
                     usage,
                     dms: done.dms,
@@ -241,41 +323,58 @@ pub fn stream(
     state: &AppState,
     request: GenerateRequest,
     model: String,
+    shape: Shape,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
     let mut events = state.engine()?.submit(request)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(32);
-    let (id, created) = (completion_id(), now());
-    let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    let (id, created) = (shape.id(), now());
+    let object = if shape == Shape::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    // One chunk: `delta` (chat) or `text` (completions), optional logprobs and finish reason.
+    let chunk = move |text: Option<&str>,
+                      logprobs: Option<serde_json::Value>,
+                      finish: Option<&str>| {
+        let mut choice = match (shape, text) {
+            (Shape::Chat, Some(t)) => json!({"index": 0, "delta": {"content": t}}),
+            (Shape::Chat, None) => json!({"index": 0, "delta": {}}),
+            (Shape::Text, t) => json!({"index": 0, "text": t.unwrap_or("")}),
+        };
+        choice["logprobs"] = logprobs.unwrap_or(serde_json::Value::Null);
+        choice["finish_reason"] = json!(finish);
+        json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
     };
     tokio::spawn(async move {
         let send = |v: serde_json::Value| SseEvent::default().data(v.to_string());
-        if tx
-            .send(Ok(send(chunk(
-                json!({"role": "assistant", "content": ""}),
-                None,
-            ))))
-            .await
-            .is_err()
-        {
-            return;
+        if shape == Shape::Chat {
+            let mut first = chunk(Some(""), None, None);
+            first["choices"][0]["delta"]["role"] = json!("assistant");
+            if tx.send(Ok(send(first))).await.is_err() {
+                return;
+            }
         }
         while let Some(event) = events.recv().await {
             let out = match event {
-                Event::Text(t) => vec![send(chunk(json!({"content": t}), None))],
+                Event::Text(t) => vec![send(chunk(Some(&t), None, None))],
+                Event::Logprob(lp) => {
+                    vec![send(chunk(
+                        None,
+                        Some(json!({"content": [logprob_json(&lp)]})),
+                        None,
+                    ))]
+                }
                 Event::Error(e) => vec![send(ApiError::from(e).body())],
                 Event::Done(done) => {
-                    let mut last = chunk(json!({}), Some(finish_reason(done.finish_reason)));
+                    let mut last = chunk(None, None, Some(finish_reason(done.finish_reason)));
                     last["dms"] = serde_json::to_value(&done.dms).unwrap_or_default();
                     let mut out = vec![send(last)];
                     if include_usage {
-                        let u = done.usage;
-                        let mut usage = chunk(json!({}), None);
+                        let mut usage = chunk(None, None, None);
                         usage["choices"] = json!([]);
-                        usage["usage"] = json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                                                "total_tokens": u.prompt_tokens + u.completion_tokens});
+                        usage["usage"] = json!(usage_of(done.usage));
                         out.push(send(usage));
                     }
                     out

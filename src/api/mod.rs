@@ -21,9 +21,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::EngineHandle;
 
+use chat::Shape;
 pub use error::ApiError;
 use media::MediaPolicy;
-use types::{ChatCompletionRequest, ModelCard};
+use types::{GenerationRequest, LogprobsField, ModelCard};
 
 /// Request limits.
 #[derive(Debug, Clone)]
@@ -93,6 +94,7 @@ impl AppState {
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let v1 = Router::new()
         .route("/chat/completions", post(chat_completions))
+        .route("/completions", post(completions))
         .route("/models", get(list_models))
         .route("/models/{id}", get(get_model))
         .route_layer(middleware::from_fn_with_state(
@@ -188,24 +190,87 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
 
 async fn chat_completions(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<ChatCompletionRequest>,
+    ApiJson(req): ApiJson<GenerationRequest>,
 ) -> Result<Response, ApiError> {
     let info = state.engine()?.info().clone();
-    if let Some(m) = req.model.as_deref() {
-        if !m.is_empty() && m != info.name {
-            return Err(ApiError::not_found(format!(
-                "model {m:?} not found; this server runs {:?}",
-                info.name
-            )));
-        }
-    }
-    let streaming = req.stream.unwrap_or(false);
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    check_model(req.model.as_deref(), &info.name)?;
+    let (streaming, include_usage) = stream_flags(&req);
     let request = chat::to_engine_request(req, &state, info.n_ctx)?;
+    respond(
+        &state,
+        request,
+        info.name,
+        Shape::Chat,
+        streaming,
+        include_usage,
+    )
+    .await
+}
+
+/// `POST /v1/completions`: a raw text prompt, no chat template.
+async fn completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<GenerationRequest>,
+) -> Result<Response, ApiError> {
+    let info = state.engine()?.info().clone();
+    check_model(req.model.as_deref(), &info.name)?;
+    let prompt = match req.prompt.clone().map(|p| p.into_vec()) {
+        Some(v) if v.len() == 1 => v.into_iter().next().unwrap_or_default(),
+        _ => return Err(ApiError::bad_param("prompt", "send exactly one prompt")),
+    };
+    let (streaming, include_usage) = stream_flags(&req);
+    let mut request = chat::base_request(&req, info.n_ctx)?;
+    match req.logprobs {
+        Some(LogprobsField::Count(k)) if (0..=20).contains(&k) => {
+            request.top_logprobs = Some(k as usize)
+        }
+        Some(LogprobsField::Count(_)) => {
+            return Err(ApiError::bad_param(
+                "logprobs",
+                "logprobs must be in [0, 20]",
+            ))
+        }
+        Some(LogprobsField::Flag(true)) => request.top_logprobs = Some(0),
+        _ => {}
+    }
+    request.raw_prompt = Some(prompt);
+    respond(
+        &state,
+        request,
+        info.name,
+        Shape::Text,
+        streaming,
+        include_usage,
+    )
+    .await
+}
+
+fn stream_flags(f: &GenerationRequest) -> (bool, bool) {
+    let include_usage = f.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    (f.stream.unwrap_or(false), include_usage)
+}
+
+fn check_model(requested: Option<&str>, loaded: &str) -> Result<(), ApiError> {
+    match requested {
+        Some(m) if !m.is_empty() && m != loaded => Err(ApiError::not_found(format!(
+            "model {m:?} not found; this server runs {loaded:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn respond(
+    state: &AppState,
+    request: crate::engine::GenerateRequest,
+    model: String,
+    shape: Shape,
+    streaming: bool,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
     if streaming {
-        chat::stream(&state, request, info.name, include_usage)
+        chat::stream(state, request, model, shape, include_usage)
     } else {
-        chat::complete(&state, request, info.name).await
+        chat::complete(state, request, model, shape).await
     }
 }
 

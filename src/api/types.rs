@@ -5,14 +5,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{DmsReport, FinishReason};
 
-/// `POST /v1/chat/completions` body.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatCompletionRequest {
-    /// Model name (any value is accepted for the one loaded model, or must match it).
+/// The body of `POST /v1/chat/completions` (with `messages`) and `POST /v1/completions` (with
+/// `prompt`): one struct, so that a field of the wrong type is always reported by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationRequest {
+    /// Model name (absent, empty, or the loaded model's id).
     #[serde(default)]
     pub model: Option<String>,
-    /// The conversation.
-    pub messages: Vec<ChatMessage>,
+    /// Chat: the conversation.
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Completions: the prompt (a string, or a list holding one string).
+    #[serde(default)]
+    pub prompt: Option<StopSequences>,
+    /// Chat: a flag; completions: the number of alternatives.
+    #[serde(default)]
+    pub logprobs: Option<LogprobsField>,
+    /// Chat: alternatives per token with `logprobs` (0-20).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Our extension: how modality weights are chosen.
+    #[serde(default)]
+    pub dms: Option<DmsRequest>,
     /// Deprecated name of `max_completion_tokens`.
     #[serde(default)]
     pub max_tokens: Option<i64>,
@@ -55,12 +69,50 @@ pub struct ChatCompletionRequest {
     /// Never stop at an end-of-generation token (llama.cpp's extension; for benchmarks).
     #[serde(default)]
     pub ignore_eos: Option<bool>,
-    /// Our extension: how modality weights are chosen.
+    /// Structured output.
     #[serde(default)]
-    pub dms: Option<DmsRequest>,
+    pub response_format: Option<ResponseFormatRequest>,
 }
 
-/// `stop`: one string or a list.
+/// `logprobs`: a flag in the chat API, a count in the legacy completions API.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum LogprobsField {
+    /// Chat: return log-probabilities (with `top_logprobs` alternatives).
+    Flag(bool),
+    /// Completions: number of alternatives.
+    Count(i64),
+}
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormatRequest {
+    /// Free text (no constraint).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// `{"name", "schema", "strict"}`.
+        json_schema: JsonSchemaSpec,
+    },
+}
+
+/// The `json_schema` object of `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaSpec {
+    /// Schema name (informational).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The JSON schema (absent: any JSON object).
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// OpenAI's strict flag (our grammar is always strict).
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// One string or a list of strings (`stop`, `prompt`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum StopSequences {
@@ -206,6 +258,8 @@ pub struct Choice {
     pub index: usize,
     /// The answer.
     pub message: AssistantMessage,
+    /// Token log-probabilities (`null` unless asked for).
+    pub logprobs: Option<serde_json::Value>,
     /// `stop` or `length`.
     pub finish_reason: &'static str,
 }

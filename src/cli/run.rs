@@ -149,6 +149,7 @@ pub(super) fn run_once(args: &RunArgs) -> ExitCode {
         max_tokens: args.max_tokens,
         stop: Vec::new(),
         dms: args.dms.settings(args.images.len()),
+        ..GenerateRequest::new(Vec::new())
     };
     let mut events = match engine.submit(request) {
         Ok(s) => s,
@@ -161,6 +162,7 @@ pub(super) fn run_once(args: &RunArgs) -> ExitCode {
                 let _ = stdout.write_all(piece.as_bytes());
                 let _ = stdout.flush();
             }
+            Event::Logprob(_) => {} // not requested by `run`
             Event::Done(done) => {
                 let _ = writeln!(stdout);
                 let t = done.timings;

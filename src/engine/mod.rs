@@ -28,7 +28,7 @@ pub use dms_settings::{ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsT
 pub use dms_stage::SignalCache;
 pub use image::{decode_image, ImageError, RgbImage};
 pub use prompt::{ContentPart, Message, Prompt, Role};
-pub use runtime::{Runtime, RuntimeConfig};
+pub use runtime::{Emitted, GenerateOptions, Runtime, RuntimeConfig, TokenLogprob};
 pub use stats::{EngineStats, StatsSnapshot, WEIGHT_BUCKETS};
 
 /// Engine errors, typed so that callers (CLI, HTTP) can map them to exit codes or statuses.
@@ -81,6 +81,34 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// How the modality weights are chosen (default: off, i.e. exactly llama.cpp's evaluation).
     pub dms: DmsSettings,
+    /// Constrain the output to JSON (any object, or a JSON schema).
+    pub response_format: Option<ResponseFormat>,
+    /// Report each token's log-probability with this many alternatives.
+    pub top_logprobs: Option<usize>,
+    /// A raw text prompt used instead of `messages` (no chat template; control-token text is
+    /// parsed, as in llama.cpp's completion endpoint).
+    pub raw_prompt: Option<String>,
+}
+
+/// Structured-output constraint, turned into a llama.cpp grammar.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching this schema.
+    JsonSchema(serde_json::Value),
+}
+
+impl ResponseFormat {
+    /// The GBNF grammar (llama.cpp's own JSON-schema converter).
+    pub fn grammar(&self) -> Result<String, EngineError> {
+        let schema = match self {
+            ResponseFormat::JsonObject => serde_json::json!({"type": "object"}),
+            ResponseFormat::JsonSchema(s) => s.clone(),
+        };
+        crate::llama::json_schema_to_grammar(&schema.to_string())
+            .map_err(|e| EngineError::InvalidRequest(format!("response_format: {e}")))
+    }
 }
 
 impl GenerateRequest {
@@ -92,6 +120,9 @@ impl GenerateRequest {
             max_tokens: 256,
             stop: Vec::new(),
             dms: DmsSettings::default(),
+            response_format: None,
+            top_logprobs: None,
+            raw_prompt: None,
         }
     }
 }
@@ -146,6 +177,8 @@ pub struct Done {
 pub enum Event {
     /// A piece of generated text (complete UTF-8).
     Text(String),
+    /// One generated token's log-probabilities (only when asked for).
+    Logprob(Box<TokenLogprob>),
     /// Generation finished.
     Done(Box<Done>),
     /// The request failed.

@@ -181,6 +181,27 @@ impl Prompt {
         })
     }
 
+    /// A prompt from raw text, without a chat template (control-token text is parsed, as in
+    /// llama.cpp's completion endpoint).
+    pub fn raw(model: &Model, text: &str) -> Result<Self, EngineError> {
+        if text.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let tokens = model.tokenize(text, false, true)?;
+        let bos = (model.add_bos() && tokens.first() != Some(&model.token_bos()))
+            .then(|| model.token_bos());
+        Ok(Self {
+            bos,
+            pieces: vec![Piece::Text {
+                tokens,
+                user: false,
+            }],
+            segments: vec![Segment::Template(text.to_string())],
+            user_texts: Vec::new(),
+            bitmaps: Vec::new(),
+        })
+    }
+
     /// Number of images in the prompt.
     pub fn n_images(&self) -> usize {
         self.bitmaps.len()

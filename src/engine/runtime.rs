@@ -4,8 +4,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::llama::{
-    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, Sampler, TokenEmbeddings,
+    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, Sampler, Token,
+    TokenEmbeddings,
 };
 
 use super::prompt::{Piece, Prompt};
@@ -287,21 +290,22 @@ impl<'m> Runtime<'m> {
     }
 
     /// Generates after a prefill that left logits on its last row. `emit` receives text pieces
-    /// and returns false to cancel (the caller went away).
+    /// (and, when asked, each token's log-probabilities) and returns false to cancel (the
+    /// caller went away).
     pub fn generate(
         &mut self,
         mut n_past: i32,
         seq: i32,
         sampler: &mut Sampler,
-        max_tokens: usize,
-        stops: &[String],
-        emit: &mut dyn FnMut(&str) -> bool,
+        options: &GenerateOptions<'_>,
+        emit: &mut dyn FnMut(Emitted<'_>) -> bool,
     ) -> Result<Generation, EngineError> {
         let start = Instant::now();
-        let mut text = TextStream::new(stops);
+        let mut text = TextStream::new(options.stops);
         let mut batch = Batch::tokens(1);
         let mut produced = 0;
         let mut finish = FinishReason::Length;
+        let max_tokens = options.max_tokens;
         while produced < max_tokens {
             let token = sampler.sample(&self.ctx, -1);
             if self.model.is_eog(token) {
@@ -309,16 +313,23 @@ impl<'m> Runtime<'m> {
                 break;
             }
             produced += 1;
+            if let Some(k) = options.top_logprobs {
+                let lp = self.token_logprob(token, k)?;
+                if !emit(Emitted::Token(&lp)) {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+            }
             match text.feed(&self.model.token_bytes(token, false)) {
                 Fed::Text(piece) => {
-                    if !piece.is_empty() && !emit(&piece) {
+                    if !piece.is_empty() && !emit(Emitted::Text(&piece)) {
                         finish = FinishReason::Cancelled;
                         break;
                     }
                 }
                 Fed::Stop(piece) => {
                     if !piece.is_empty() {
-                        emit(&piece);
+                        emit(Emitted::Text(&piece));
                     }
                     finish = FinishReason::Stop;
                     break;
@@ -335,7 +346,7 @@ impl<'m> Runtime<'m> {
         if finish != FinishReason::Cancelled {
             let rest = text.finish();
             if !rest.is_empty() {
-                emit(&rest);
+                emit(Emitted::Text(&rest));
             }
         }
         Ok(Generation {
@@ -344,6 +355,69 @@ impl<'m> Runtime<'m> {
             decode: start.elapsed(),
         })
     }
+}
+
+impl Runtime<'_> {
+    /// The log-probability of `token` under the current logits, with the `k` most likely
+    /// alternatives.
+    fn token_logprob(&self, token: Token, k: usize) -> Result<TokenLogprob, EngineError> {
+        let logp = crate::dms::log_softmax(self.ctx.logits(-1)?);
+        let entry = |t: Token| {
+            let bytes = self.model.token_bytes(t, false);
+            (
+                String::from_utf8_lossy(&bytes).into_owned(),
+                bytes,
+                logp[t as usize],
+            )
+        };
+        let mut order: Vec<usize> = (0..logp.len()).collect();
+        let k = k.min(order.len());
+        if k > 0 {
+            order.select_nth_unstable_by(k - 1, |a, b| logp[*b].total_cmp(&logp[*a]));
+        }
+        order.truncate(k);
+        order.sort_by(|a, b| logp[*b].total_cmp(&logp[*a]));
+        let (text, bytes, logprob) = entry(token);
+        Ok(TokenLogprob {
+            token: text,
+            bytes,
+            logprob,
+            top: order.into_iter().map(|t| entry(t as Token)).collect(),
+        })
+    }
+}
+
+/// Limits and extras of one generation.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateOptions<'a> {
+    /// Maximum tokens to generate.
+    pub max_tokens: usize,
+    /// Strings that end generation (not emitted).
+    pub stops: &'a [String],
+    /// Report each token's log-probability with this many alternatives (`None`: off).
+    pub top_logprobs: Option<usize>,
+}
+
+/// What [`Runtime::generate`] hands to its caller.
+#[derive(Debug)]
+pub enum Emitted<'a> {
+    /// A piece of text (complete UTF-8, stop strings held back).
+    Text(&'a str),
+    /// One sampled token and its log-probabilities (before its text is released).
+    Token(&'a TokenLogprob),
+}
+
+/// A sampled token with its log-probability and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    /// The token's text (lossy for partial UTF-8).
+    pub token: String,
+    /// The token's raw bytes.
+    pub bytes: Vec<u8>,
+    /// Natural-log probability.
+    pub logprob: f32,
+    /// The most likely tokens at this step: (text, bytes, logprob), best first.
+    pub top: Vec<(String, Vec<u8>, f32)>,
 }
 
 fn no_projector() -> EngineError {

@@ -8,6 +8,7 @@ use tokio::sync::mpsc as tmpsc;
 use crate::llama::{Model, ModelParams, Sampler};
 
 use super::dms_stage::{pick_scheduler, UnimodalPrompts};
+use super::runtime::{Emitted, GenerateOptions};
 use super::stats::Outcome;
 use super::{
     decode_image, ContentPart, DmsMode, DmsReport, Done, EngineConfig, EngineError, EngineStats,
@@ -127,7 +128,10 @@ fn serve(
             );
         }
     }
-    let prompt = Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?;
+    let prompt = match &request.raw_prompt {
+        Some(text) => Prompt::raw(rt.model(), text)?,
+        None => Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?,
+    };
     if events.is_closed() {
         return Ok(Served::Cancelled { generated: 0 });
     }
@@ -169,14 +173,28 @@ fn serve(
             (prefill, stage.report)
         }
     };
-    let mut sampler = Sampler::new(rt.model(), &request.sampling)?;
-    let mut emit = |piece: &str| events.send(Event::Text(piece.to_string())).is_ok();
+    let mut sampling = request.sampling.clone();
+    if let Some(format) = &request.response_format {
+        sampling.grammar = Some(format.grammar()?);
+    }
+    let mut sampler = Sampler::new(rt.model(), &sampling)?;
+    let mut emit = |out: Emitted<'_>| {
+        let event = match out {
+            Emitted::Text(piece) => Event::Text(piece.to_string()),
+            Emitted::Token(lp) => Event::Logprob(Box::new(lp.clone())),
+        };
+        events.send(event).is_ok()
+    };
+    let options = GenerateOptions {
+        max_tokens: request.max_tokens,
+        stops: &request.stop,
+        top_logprobs: request.top_logprobs,
+    };
     let generation = rt.generate(
         prefill.n_past,
         ANSWER_SEQ,
         &mut sampler,
-        request.max_tokens,
-        &request.stop,
+        &options,
         &mut emit,
     )?;
     if generation.finish_reason == FinishReason::Cancelled {
