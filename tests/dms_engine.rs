@@ -91,14 +91,14 @@ fn off_is_plain_llama_cpp_evaluation() {
     let messages = request(image, QUESTION, DmsSettings::default()).messages;
     let prompt = Prompt::build(&model, rt.mtmd(), &messages, &[decoded]).unwrap();
     let n_past = rt.prefill_reference(&prompt, 0).unwrap().n_past;
-    let mut sampler = Sampler::new(&model, &SamplerParams::greedy()).unwrap();
+    let sampler = Sampler::new(&model, &SamplerParams::greedy()).unwrap();
     let mut plain = String::new();
     let options = GenerateOptions {
         max_tokens: 10,
         stops: &[],
         top_logprobs: None,
     };
-    rt.generate(n_past, 0, &mut sampler, &options, &mut |e| {
+    rt.generate(n_past, 0, sampler, &options, &mut |e| {
         if let Emitted::Text(p) = e {
             plain.push_str(p);
         }

@@ -277,3 +277,51 @@ fn a_full_queue_is_refused_immediately() {
     assert!(refused > 0, "a queue of one accepted six long requests");
     drop(streams);
 }
+
+#[test]
+fn parallel_requests_are_batched_and_answer_as_if_alone() {
+    let tiny = common::tiny_models();
+    let prompts: Vec<String> = (0..8)
+        .map(|i| format!("Question number {i}: what is in the image?"))
+        .collect();
+    let request = |p: &str| {
+        let mut r = ask(p, None, 12);
+        r.sampling = SamplerParams::greedy();
+        r
+    };
+    // Answers one at a time.
+    let alone: Vec<String> = {
+        let engine = tiny_engine(1024);
+        prompts
+            .iter()
+            .map(|p| collect(&engine, request(p)).0)
+            .collect()
+    };
+    // The same eight at once on two slots.
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()));
+    config.runtime = test_config(1024, 6);
+    config.parallel = 2;
+    let engine = EngineHandle::start(config).unwrap();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let engine = engine.clone();
+            let r = request(p);
+            std::thread::spawn(move || collect(&engine, r))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (text, last) = h.join().unwrap();
+        assert!(matches!(last, Event::Done(_)), "{last:?}");
+        assert_eq!(
+            text, alone[i],
+            "request {i} answered differently when batched"
+        );
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.completed, 8);
+    assert_eq!(
+        stats.max_batched, 2,
+        "two requests were decoded in the same steps"
+    );
+}

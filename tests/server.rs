@@ -159,3 +159,67 @@ fn a_client_that_disconnects_mid_stream_frees_the_engine() {
     let (status, answer) = chat(port, json!({"temperature": 0, "max_tokens": 4}));
     assert_eq!(status, 200, "{answer}");
 }
+
+#[test]
+fn two_slots_serve_eight_simultaneous_clients() {
+    let tiny = common::tiny_models();
+    let (_server, base) =
+        common::start_server_with(&tiny.model, &tiny.mmproj, &["--parallel", "2"]);
+    let port = port_of(&base);
+    let ask = move |i: usize| {
+        let prompt = format!("Client {i} asks: what is in the image?");
+        let body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0});
+        let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&body));
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, content(&value))
+    };
+    let alone: Vec<(u16, String)> = (0..8).map(ask).collect();
+    let together: Vec<(u16, String)> = (0..8)
+        .map(|i| std::thread::spawn(move || ask(i)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.0, 200);
+        assert_eq!(a, b, "client {i} got a different answer under load");
+    }
+    let (_, metrics) = http(port, "GET", "/metrics", None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "llama_dms_requests_completed_total 16"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn api_keys_come_from_a_file() {
+    let tiny = common::tiny_models();
+    let keys = common::scratch().join("keys.txt");
+    std::fs::write(&keys, "# team keys\nkey-one\n\n  key-two  \n").unwrap();
+    let (_server, base) = common::start_server_with(
+        &tiny.model,
+        &tiny.mmproj,
+        &["--api-key-file", keys.to_str().unwrap()],
+    );
+    let port = port_of(&base);
+    let get = |key: Option<&str>| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split(' ').nth(1).unwrap_or_default().to_string()
+    };
+    assert_eq!(get(None), "401");
+    assert_eq!(get(Some("key-three")), "401");
+    assert_eq!(get(Some("key-one")), "200");
+    assert_eq!(get(Some("key-two")), "200");
+}

@@ -93,6 +93,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             s.queue_depth.to_string(),
         );
         metric(
+            "max_batched_requests",
+            "gauge",
+            "Most requests decoded in one step.",
+            s.max_batched.to_string(),
+        );
+        metric(
             "prompt_tokens_total",
             "counter",
             "Prompt tokens processed.",

@@ -110,6 +110,9 @@ pub struct ModelArgs {
     /// Where the demo model lives (used when no --model is given).
     #[arg(long, env = "LLAMA_DMS_DEMO_DIR", default_value = demo::DEFAULT_DIR)]
     pub demo_dir: PathBuf,
+    /// Requests generated at once (each gets --ctx-size positions).
+    #[arg(long, env = "LLAMA_DMS_PARALLEL", default_value_t = 1)]
+    pub parallel: usize,
     /// Directory of DMS scheduler plugins (*.toml, *.json); built-ins only if it does not exist.
     #[arg(long, env = "LLAMA_DMS_PLUGINS", default_value = "plugins")]
     pub plugins: PathBuf,
@@ -148,6 +151,13 @@ impl ModelArgs {
         }
         let mut config = EngineConfig::new(model, mmproj);
         config.n_gpu_layers = self.n_gpu_layers;
+        if !(1..=64).contains(&self.parallel) {
+            return Err(format!(
+                "--parallel {} must be between 1 and 64",
+                self.parallel
+            ));
+        }
+        config.parallel = self.parallel;
         config.runtime.context = ContextParams {
             n_ctx: self.ctx_size,
             n_threads: self.threads.unwrap_or_else(default_threads).max(1),

@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Accepted API key (repeatable; comma-separated in the variable). None: no authentication.
     #[arg(long = "api-key", env = "LLAMA_DMS_API_KEY", value_delimiter = ',')]
     pub api_keys: Vec<String>,
+    /// File with accepted API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "LLAMA_DMS_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// Origin allowed by CORS (repeatable). None: CORS off.
     #[arg(
         long = "cors-origin",
@@ -47,6 +50,27 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The keys from `--api-key` and `--api-key-file`.
+    fn api_keys(&self) -> Result<Vec<String>, String> {
+        let mut keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect();
+        if let Some(path) = &self.api_key_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--api-key-file {}: {e}", path.display()))?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        Ok(keys)
+    }
+
     fn limits(&self) -> Result<Limits, String> {
         let allowed_path = match &self.allowed_media_path {
             Some(p) => Some(
@@ -74,6 +98,10 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         Err(e) => return fail(2, &e),
     };
     config.max_image_pixels = args.max_image_pixels;
+    let api_keys = match args.api_keys() {
+        Ok(k) => k,
+        Err(e) => return fail(2, &e),
+    };
     let limits = match args.limits() {
         Ok(l) => l,
         Err(e) => return fail(2, &e),
@@ -91,7 +119,7 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(2, &format!("cannot listen on {addr}: {e}")),
         };
-        let state = AppState::new(args.api_keys.clone(), limits);
+        let state = AppState::new(api_keys, limits);
         let app = router(state.clone(), &args.cors_origins);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)

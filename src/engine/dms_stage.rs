@@ -427,9 +427,10 @@ impl Runtime<'_> {
         let width = self.model().n_embd_inp();
         let n_prefix = prefix.len() / width;
         let per_pass = bodies[0].rows.len() / width + suffix.len() / width;
-        let free_seqs = self.ctx.params().n_seq_max.saturating_sub(1) as usize;
+        let base = self.signal_seq_base;
+        let free_seqs = (self.ctx.params().n_seq_max as i32 - base).max(0) as usize;
         let n_ctx = self.ctx.n_ctx();
-        let fit = n_ctx.saturating_sub(n_prefix) / per_pass.max(1);
+        let fit = self.slot_ctx.saturating_sub(n_prefix) / per_pass.max(1);
         let group = free_seqs.min(fit).min(bodies.len());
         if group == 0 {
             return Err(LlamaError::ContextFull {
@@ -441,13 +442,13 @@ impl Runtime<'_> {
         let want_hidden = self.ctx.params().hidden_states;
         let mut outputs = Vec::with_capacity(bodies.len());
         for (g, chunk) in bodies.chunks(group).enumerate() {
-            let seqs: Vec<i32> = (1..=chunk.len() as i32).collect();
+            let seqs: Vec<i32> = (base..base + chunk.len() as i32).collect();
             let mut pos = 0;
             if n_prefix > 0 {
-                self.decode_rows(prefix, &mut pos, 1, false)?;
+                self.decode_rows(prefix, &mut pos, base, false)?;
             }
             for &s in &seqs[1..] {
-                self.ctx.copy_seq(1, s, -1, -1);
+                self.ctx.copy_seq(base, s, -1, -1);
             }
             // (row, position, sequence, output: None | Some((pass, is_last)))
             let mut entries: Vec<PassRow<'_>> = Vec::new();

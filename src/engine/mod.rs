@@ -6,6 +6,7 @@
 //! failing (or panicking) request never takes the worker down; a model that fails to load is
 //! reported by [`EngineHandle::start`] itself.
 
+pub mod decoding;
 pub mod dms_settings;
 pub mod dms_stage;
 pub mod image;
@@ -24,11 +25,12 @@ use tokio::sync::mpsc as tmpsc;
 use crate::llama::{LlamaError, SamplerParams};
 
 pub use crate::dms::ModalityWeights;
+pub use decoding::{Decoding, Emitted, GenerateOptions, Generation, Step, TokenLogprob};
 pub use dms_settings::{ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings};
 pub use dms_stage::SignalCache;
 pub use image::{decode_image, ImageError, RgbImage};
 pub use prompt::{ContentPart, Message, Prompt, Role};
-pub use runtime::{Emitted, GenerateOptions, Runtime, RuntimeConfig, TokenLogprob};
+pub use runtime::{Runtime, RuntimeConfig};
 pub use stats::{EngineStats, StatsSnapshot, WEIGHT_BUCKETS};
 
 /// Engine errors, typed so that callers (CLI, HTTP) can map them to exit codes or statuses.
@@ -213,6 +215,8 @@ pub struct EngineConfig {
     pub n_gpu_layers: i32,
     /// Runtime settings (context, threads).
     pub runtime: RuntimeConfig,
+    /// Requests generated at the same time (their decode steps share one batch).
+    pub parallel: usize,
     /// Requests that may wait in the queue.
     pub queue_capacity: usize,
     /// Largest image accepted, in pixels.
@@ -231,6 +235,7 @@ impl EngineConfig {
             mmproj,
             n_gpu_layers: 0,
             runtime: RuntimeConfig::default(),
+            parallel: 1,
             queue_capacity: 16,
             max_image_pixels: 4096 * 4096,
             schedulers: Arc::new(crate::dms::Registry::builtin()),

@@ -4,16 +4,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::llama::{
-    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, Sampler, Token,
-    TokenEmbeddings,
+    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, TokenEmbeddings,
 };
 
 use super::prompt::{Piece, Prompt};
-use super::text::{Fed, TextStream};
-use super::{EngineError, FinishReason, ModalityWeights};
+use super::{EngineError, ModalityWeights};
 
 /// Settings of a [`Runtime`].
 #[derive(Debug, Clone)]
@@ -51,23 +47,16 @@ pub struct Prefill {
     pub total: Duration,
 }
 
-/// What generation did.
-#[derive(Debug, Clone, Copy)]
-pub struct Generation {
-    /// Tokens produced (the end-of-generation token is not counted).
-    pub completion_tokens: usize,
-    /// Why it stopped.
-    pub finish_reason: FinishReason,
-    /// Time spent generating.
-    pub decode: Duration,
-}
-
 /// Model, context, projector and token rows on one thread.
 pub struct Runtime<'m> {
     pub(super) model: &'m Model,
     pub(super) ctx: Context<'m>,
     pub(super) mtmd: Option<Mtmd<'m>>,
     pub(super) rows: TokenEmbeddings,
+    /// Positions one request may use (the whole context unless the worker shares it).
+    pub(super) slot_ctx: usize,
+    /// First sequence id the DMS signal passes may use (answers use the ones below).
+    pub(super) signal_seq_base: i32,
 }
 
 impl<'m> Runtime<'m> {
@@ -89,11 +78,14 @@ impl<'m> Runtime<'m> {
             None => None,
         };
         let ctx = Context::new(model, &config.context)?;
+        let slot_ctx = ctx.n_ctx();
         Ok(Self {
             model,
             ctx,
             mtmd,
             rows,
+            slot_ctx,
+            signal_seq_base: 1,
         })
     }
 
@@ -119,10 +111,10 @@ impl<'m> Runtime<'m> {
 
     fn check_fits(&self, prompt: &Prompt) -> Result<(), EngineError> {
         let needed = prompt.n_positions() + 1;
-        if needed > self.ctx.n_ctx() {
+        if needed > self.slot_ctx {
             return Err(crate::llama::LlamaError::ContextFull {
                 needed,
-                n_ctx: self.ctx.n_ctx(),
+                n_ctx: self.slot_ctx,
             }
             .into());
         }
@@ -288,136 +280,6 @@ impl<'m> Runtime<'m> {
             total: start.elapsed(),
         })
     }
-
-    /// Generates after a prefill that left logits on its last row. `emit` receives text pieces
-    /// (and, when asked, each token's log-probabilities) and returns false to cancel (the
-    /// caller went away).
-    pub fn generate(
-        &mut self,
-        mut n_past: i32,
-        seq: i32,
-        sampler: &mut Sampler,
-        options: &GenerateOptions<'_>,
-        emit: &mut dyn FnMut(Emitted<'_>) -> bool,
-    ) -> Result<Generation, EngineError> {
-        let start = Instant::now();
-        let mut text = TextStream::new(options.stops);
-        let mut batch = Batch::tokens(1);
-        let mut produced = 0;
-        let mut finish = FinishReason::Length;
-        let max_tokens = options.max_tokens;
-        while produced < max_tokens {
-            let token = sampler.sample(&self.ctx, -1);
-            if self.model.is_eog(token) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            produced += 1;
-            if let Some(k) = options.top_logprobs {
-                let lp = self.token_logprob(token, k)?;
-                if !emit(Emitted::Token(&lp)) {
-                    finish = FinishReason::Cancelled;
-                    break;
-                }
-            }
-            match text.feed(&self.model.token_bytes(token, false)) {
-                Fed::Text(piece) => {
-                    if !piece.is_empty() && !emit(Emitted::Text(&piece)) {
-                        finish = FinishReason::Cancelled;
-                        break;
-                    }
-                }
-                Fed::Stop(piece) => {
-                    if !piece.is_empty() {
-                        emit(Emitted::Text(&piece));
-                    }
-                    finish = FinishReason::Stop;
-                    break;
-                }
-            }
-            if produced == max_tokens || n_past as usize + 1 >= self.ctx.n_ctx() {
-                break;
-            }
-            batch.clear();
-            batch.push_token(token, n_past, seq, true)?;
-            self.ctx.decode(&batch)?;
-            n_past += 1;
-        }
-        if finish != FinishReason::Cancelled {
-            let rest = text.finish();
-            if !rest.is_empty() {
-                emit(Emitted::Text(&rest));
-            }
-        }
-        Ok(Generation {
-            completion_tokens: produced,
-            finish_reason: finish,
-            decode: start.elapsed(),
-        })
-    }
-}
-
-impl Runtime<'_> {
-    /// The log-probability of `token` under the current logits, with the `k` most likely
-    /// alternatives.
-    fn token_logprob(&self, token: Token, k: usize) -> Result<TokenLogprob, EngineError> {
-        let logp = crate::dms::log_softmax(self.ctx.logits(-1)?);
-        let entry = |t: Token| {
-            let bytes = self.model.token_bytes(t, false);
-            (
-                String::from_utf8_lossy(&bytes).into_owned(),
-                bytes,
-                logp[t as usize],
-            )
-        };
-        let mut order: Vec<usize> = (0..logp.len()).collect();
-        let k = k.min(order.len());
-        if k > 0 {
-            order.select_nth_unstable_by(k - 1, |a, b| logp[*b].total_cmp(&logp[*a]));
-        }
-        order.truncate(k);
-        order.sort_by(|a, b| logp[*b].total_cmp(&logp[*a]));
-        let (text, bytes, logprob) = entry(token);
-        Ok(TokenLogprob {
-            token: text,
-            bytes,
-            logprob,
-            top: order.into_iter().map(|t| entry(t as Token)).collect(),
-        })
-    }
-}
-
-/// Limits and extras of one generation.
-#[derive(Debug, Clone, Copy)]
-pub struct GenerateOptions<'a> {
-    /// Maximum tokens to generate.
-    pub max_tokens: usize,
-    /// Strings that end generation (not emitted).
-    pub stops: &'a [String],
-    /// Report each token's log-probability with this many alternatives (`None`: off).
-    pub top_logprobs: Option<usize>,
-}
-
-/// What [`Runtime::generate`] hands to its caller.
-#[derive(Debug)]
-pub enum Emitted<'a> {
-    /// A piece of text (complete UTF-8, stop strings held back).
-    Text(&'a str),
-    /// One sampled token and its log-probabilities (before its text is released).
-    Token(&'a TokenLogprob),
-}
-
-/// A sampled token with its log-probability and the most likely alternatives.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TokenLogprob {
-    /// The token's text (lossy for partial UTF-8).
-    pub token: String,
-    /// The token's raw bytes.
-    pub bytes: Vec<u8>,
-    /// Natural-log probability.
-    pub logprob: f32,
-    /// The most likely tokens at this step: (text, bytes, logprob), best first.
-    pub top: Vec<(String, Vec<u8>, f32)>,
 }
 
 fn no_projector() -> EngineError {

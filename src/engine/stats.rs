@@ -23,6 +23,7 @@ pub struct EngineStats {
     dms_us: AtomicU64,
     weight_buckets: [AtomicU64; WEIGHT_BUCKETS.len() + 1],
     weight_sum_milli: AtomicU64,
+    max_batched: AtomicU64,
 }
 
 /// How a request ended, for [`EngineStats::finished`].
@@ -61,6 +62,8 @@ pub struct StatsSnapshot {
     pub weight_buckets: Vec<u64>,
     /// Sum of all image weights applied.
     pub weight_sum: f64,
+    /// Most requests decoded together in one step so far.
+    pub max_batched: u64,
 }
 
 fn add(counter: &AtomicU64, v: u64) {
@@ -76,6 +79,11 @@ impl EngineStats {
     /// A request left the queue (taken by the worker).
     pub(super) fn dequeued(&self) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A decode step ran for `n` requests together.
+    pub(super) fn batched(&self, n: usize) {
+        self.max_batched.fetch_max(n as u64, Ordering::Relaxed);
     }
 
     /// A request ended; `generated` tokens were produced; `done` is its final report if any.
@@ -127,6 +135,7 @@ impl EngineStats {
             dms_seconds: secs(&self.dms_us),
             weight_buckets: self.weight_buckets.iter().map(load).collect(),
             weight_sum: load(&self.weight_sum_milli) as f64 / 1000.0,
+            max_batched: load(&self.max_batched),
         }
     }
 }

@@ -1,23 +1,23 @@
-//! The worker thread: loads the model, reports readiness, then serves requests one at a time.
+//! The worker thread: loads the model, reports readiness, then serves up to `parallel`
+//! requests at once, one sequence each, decoding their next tokens together in one batch
+//! (continuous batching). A new request's images, DMS stage and prefill run between steps.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 
 use tokio::sync::mpsc as tmpsc;
 
-use crate::llama::{Model, ModelParams, Sampler};
+use crate::llama::{Batch, Model, ModelParams, Sampler, Token};
 
+use super::decoding::{Decoding, Emitted, GenerateOptions, Step};
 use super::dms_stage::{pick_scheduler, UnimodalPrompts};
-use super::runtime::{Emitted, GenerateOptions};
+use super::runtime::Prefill;
 use super::stats::Outcome;
 use super::{
     decode_image, ContentPart, DmsMode, DmsReport, Done, EngineConfig, EngineError, EngineStats,
     Event, FinishReason, Job, Message, ModalityWeights, ModelInfo, Prompt, RgbImage, Role, Runtime,
     SignalCache, Timings, Usage,
 };
-
-/// Sequence used for the answer (DMS signal passes use the others).
-const ANSWER_SEQ: i32 = 0;
 
 pub(super) fn run(
     config: EngineConfig,
@@ -36,8 +36,21 @@ pub(super) fn run(
             return;
         }
     };
-    let mut rt = match Runtime::new(&model, config.mmproj.as_deref(), &config.runtime) {
-        Ok(rt) => rt,
+    // Each of the `parallel` requests gets the configured window; one more window's worth of
+    // cells and a few more sequences are kept for the DMS signal passes.
+    let parallel = config.parallel.max(1);
+    let slot_ctx = config.runtime.context.n_ctx as usize;
+    let mut runtime_config = config.runtime.clone();
+    if parallel > 1 {
+        runtime_config.context.n_ctx = (slot_ctx * (parallel + 1)) as u32;
+        runtime_config.context.n_seq_max += parallel as u32 - 1;
+    }
+    let mut rt = match Runtime::new(&model, config.mmproj.as_deref(), &runtime_config) {
+        Ok(mut rt) => {
+            rt.slot_ctx = slot_ctx.min(rt.context().n_ctx());
+            rt.signal_seq_base = parallel as i32;
+            rt
+        }
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
@@ -51,7 +64,7 @@ pub(super) fn run(
             .unwrap_or_default(),
         description: model.description(),
         architecture: model.architecture(),
-        n_ctx: rt.context().n_ctx(),
+        n_ctx: rt.slot_ctx,
         n_embd: model.n_embd(),
         n_vocab: model.n_vocab(),
         vision: rt.mtmd().is_some_and(|m| m.supports_vision()),
@@ -60,64 +73,117 @@ pub(super) fn run(
     if ready.send(Ok(info)).is_err() {
         return;
     }
+    let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
     let mut cache = SignalCache::new(config.signal_cache_images);
-    while let Ok(job) = queue.recv() {
-        stats.dequeued();
-        if job.events.is_closed() {
-            stats.finished(Outcome::Cancelled, 0, None);
-            continue;
+    loop {
+        // Admit waiting requests into free slots (block only when nothing is running).
+        while let Some(free) = slots.iter().position(Option::is_none) {
+            let idle = slots.iter().all(Option::is_none);
+            let job = if idle {
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => {
+                        tracing::info!("engine stopped");
+                        return;
+                    }
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            stats.dequeued();
+            slots[free] = admit(&mut rt, &config, &mut cache, job, free as i32, stats);
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            serve(&mut rt, &config, &mut cache, &job.request, &job.events)
-        }));
-        rt.context().clear_memory();
-        let event = match outcome {
-            Ok(Ok(Served::Done(done))) => {
-                stats.finished(
-                    Outcome::Completed,
-                    done.usage.completion_tokens,
-                    Some(&done),
+        // One decode step for every running request.
+        if catch_unwind(AssertUnwindSafe(|| step_all(&mut rt, &mut slots, stats))).is_err() {
+            tracing::error!("engine decode step panicked");
+            for slot in slots.iter_mut().filter_map(Option::take) {
+                end_with_error(
+                    &mut rt,
+                    slot.decoding.seq,
+                    &slot.events,
+                    EngineError::Internal("decode step panicked".into()),
+                    stats,
                 );
-                Event::Done(done)
             }
-            Ok(Ok(Served::Cancelled { generated })) => {
-                stats.finished(Outcome::Cancelled, generated, None);
-                continue; // nobody is listening
-            }
-            Ok(Err(e)) => {
-                stats.finished(Outcome::Failed, 0, None);
-                Event::Error(e)
-            }
-            Err(panic) => {
-                stats.finished(Outcome::Failed, 0, None);
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
-                tracing::error!("engine request panicked: {msg}");
-                Event::Error(EngineError::Internal(msg))
-            }
-        };
-        let _ = job.events.send(event);
+        }
     }
-    tracing::info!("engine stopped");
 }
 
-/// How a request ended when it did not fail.
-enum Served {
-    Done(Box<Done>),
-    Cancelled { generated: usize },
+/// A request being generated.
+struct Slot {
+    decoding: Decoding,
+    events: tmpsc::UnboundedSender<Event>,
+    /// The sampled token still to be decoded.
+    pending: Token,
+    prompt_tokens: usize,
+    prefill: Prefill,
+    dms: DmsReport,
 }
 
-/// Serves one request.
-fn serve(
+/// Forwards generated text and log-probabilities to a request's event channel.
+fn emitter(events: &tmpsc::UnboundedSender<Event>) -> impl FnMut(Emitted<'_>) -> bool + '_ {
+    move |out: Emitted<'_>| {
+        let event = match out {
+            Emitted::Text(piece) => Event::Text(piece.to_string()),
+            Emitted::Token(lp) => Event::Logprob(Box::new(lp.clone())),
+        };
+        events.send(event).is_ok()
+    }
+}
+
+/// Starts a request on sequence `seq`: everything up to its first sampled token. `None` when
+/// it already ended (cancelled, failed, or finished at once).
+fn admit(
     rt: &mut Runtime<'_>,
     config: &EngineConfig,
     cache: &mut SignalCache,
-    request: &super::GenerateRequest,
-    events: &tmpsc::UnboundedSender<Event>,
-) -> Result<Served, EngineError> {
+    job: Job,
+    seq: i32,
+    stats: &EngineStats,
+) -> Option<Slot> {
+    if job.events.is_closed() {
+        stats.finished(Outcome::Cancelled, 0, None);
+        return None;
+    }
+    let started = catch_unwind(AssertUnwindSafe(|| {
+        start(rt, config, cache, &job, seq, stats)
+    }));
+    let error = match started {
+        Ok(Ok(Started::Running(slot))) => return Some(*slot),
+        Ok(Ok(Started::Ended)) => return None,
+        Ok(Err(e)) => e,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            tracing::error!("engine request panicked: {msg}");
+            EngineError::Internal(msg)
+        }
+    };
+    end_with_error(rt, seq, &job.events, error, stats);
+    None
+}
+
+enum Started {
+    Running(Box<Slot>),
+    Ended,
+}
+
+/// Images, prompt, DMS stage, prefill, and the first token.
+fn start(
+    rt: &mut Runtime<'_>,
+    config: &EngineConfig,
+    cache: &mut SignalCache,
+    job: &Job,
+    seq: i32,
+    stats: &EngineStats,
+) -> Result<Started, EngineError> {
+    let request = &job.request;
     let mut images = Vec::new();
     for part in request.messages.iter().flat_map(|m| &m.content) {
         if let ContentPart::Image(bytes) = part {
@@ -132,14 +198,12 @@ fn serve(
         Some(text) => Prompt::raw(rt.model(), text)?,
         None => Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?,
     };
-    if events.is_closed() {
-        return Ok(Served::Cancelled { generated: 0 });
-    }
+    rt.context().remove_seq(seq, -1, -1);
     let (prefill, dms) = match pick_scheduler(&config.schedulers, &request.dms)? {
-        None => {
-            let prefill = rt.prefill_reference(&prompt, ANSWER_SEQ)?;
-            (prefill, off_report(images.len()))
-        }
+        None => (
+            rt.prefill_reference(&prompt, seq)?,
+            off_report(images.len()),
+        ),
         Some(scheduler) => {
             let unimodal = (scheduler.needs_signals() && !images.is_empty())
                 .then(|| unimodal_prompts(rt, &request.messages, &images))
@@ -161,15 +225,8 @@ fn serve(
                 &request.dms,
                 cache,
             )?;
-            if events.is_closed() {
-                return Ok(Served::Cancelled { generated: 0 });
-            }
-            let prefill = rt.prefill_weighted_encoded(
-                &prompt,
-                &stage.report.weights,
-                ANSWER_SEQ,
-                &stage.encoded,
-            )?;
+            let prefill =
+                rt.prefill_weighted_encoded(&prompt, &stage.report.weights, seq, &stage.encoded)?;
             (prefill, stage.report)
         }
     };
@@ -177,45 +234,118 @@ fn serve(
     if let Some(format) = &request.response_format {
         sampling.grammar = Some(format.grammar()?);
     }
-    let mut sampler = Sampler::new(rt.model(), &sampling)?;
-    let mut emit = |out: Emitted<'_>| {
-        let event = match out {
-            Emitted::Text(piece) => Event::Text(piece.to_string()),
-            Emitted::Token(lp) => Event::Logprob(Box::new(lp.clone())),
-        };
-        events.send(event).is_ok()
-    };
+    let sampler = Sampler::new(rt.model(), &sampling)?;
     let options = GenerateOptions {
         max_tokens: request.max_tokens,
         stops: &request.stop,
         top_logprobs: request.top_logprobs,
     };
-    let generation = rt.generate(
-        prefill.n_past,
-        ANSWER_SEQ,
-        &mut sampler,
-        &options,
-        &mut emit,
-    )?;
-    if generation.finish_reason == FinishReason::Cancelled {
-        return Ok(Served::Cancelled {
-            generated: generation.completion_tokens,
-        });
+    let mut decoding = Decoding::new(seq, prefill.n_past, rt.slot_ctx, sampler, &options);
+    let step = rt.step(&mut decoding, -1, &mut emitter(&job.events))?;
+    let slot = Slot {
+        decoding,
+        events: job.events.clone(),
+        pending: 0,
+        prompt_tokens: prompt.n_tokens(),
+        prefill,
+        dms,
+    };
+    match step {
+        Step::Next(token) => Ok(Started::Running(Box::new(Slot {
+            pending: token,
+            ..slot
+        }))),
+        Step::Finished(reason) => {
+            finish(rt, slot, reason, stats); // ended at its first token
+            Ok(Started::Ended)
+        }
+    }
+}
+
+/// Decodes the pending token of every running request in one batch, then samples each.
+fn step_all(rt: &mut Runtime<'_>, slots: &mut [Option<Slot>], stats: &EngineStats) {
+    let active: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
+    if active.is_empty() {
+        return;
+    }
+    stats.batched(active.len());
+    let mut batch = Batch::tokens(active.len());
+    for &i in &active {
+        let slot = slots[i].as_ref().expect("active slot");
+        if let Err(e) =
+            batch.push_token(slot.pending, slot.decoding.n_past, slot.decoding.seq, true)
+        {
+            tracing::error!("batch: {e}");
+        }
+    }
+    if let Err(e) = rt.context().decode(&batch) {
+        tracing::error!("batched decode failed: {e}");
+        for &i in &active {
+            if let Some(slot) = slots[i].take() {
+                let error = EngineError::Internal(format!("decode failed: {e}"));
+                end_with_error(rt, slot.decoding.seq, &slot.events, error, stats);
+            }
+        }
+        return;
+    }
+    for (row, &i) in active.iter().enumerate() {
+        let Some(mut slot) = slots[i].take() else {
+            continue;
+        };
+        slot.decoding.n_past += 1;
+        let step = rt.step(&mut slot.decoding, row as i32, &mut emitter(&slot.events));
+        match step {
+            Ok(Step::Next(token)) => {
+                slot.pending = token;
+                slots[i] = Some(slot);
+            }
+            Ok(Step::Finished(reason)) => finish(rt, slot, reason, stats),
+            Err(e) => end_with_error(rt, slot.decoding.seq, &slot.events, e, stats),
+        }
+    }
+}
+
+/// Ends a request normally (or as cancelled) and frees its sequence.
+fn finish(rt: &mut Runtime<'_>, slot: Slot, reason: FinishReason, stats: &EngineStats) {
+    rt.context().remove_seq(slot.decoding.seq, -1, -1);
+    let generation = slot.decoding.summary(reason);
+    if reason == FinishReason::Cancelled {
+        stats.finished(Outcome::Cancelled, generation.completion_tokens, None);
+        return;
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    Ok(Served::Done(Box::new(Done {
-        finish_reason: generation.finish_reason,
+    let done = Done {
+        finish_reason: reason,
         usage: Usage {
-            prompt_tokens: prompt.n_tokens(),
+            prompt_tokens: slot.prompt_tokens,
             completion_tokens: generation.completion_tokens,
         },
         timings: Timings {
-            image_encode_ms: ms(prefill.image_encode),
-            prefill_ms: ms(prefill.total.saturating_sub(prefill.image_encode)),
+            image_encode_ms: ms(slot.prefill.image_encode),
+            prefill_ms: ms(slot.prefill.total.saturating_sub(slot.prefill.image_encode)),
             decode_ms: ms(generation.decode),
         },
-        dms,
-    })))
+        dms: slot.dms,
+    };
+    stats.finished(
+        Outcome::Completed,
+        generation.completion_tokens,
+        Some(&done),
+    );
+    let _ = slot.events.send(Event::Done(Box::new(done)));
+}
+
+/// Ends a request with an error and frees its sequence.
+fn end_with_error(
+    rt: &mut Runtime<'_>,
+    seq: i32,
+    events: &tmpsc::UnboundedSender<Event>,
+    error: EngineError,
+    stats: &EngineStats,
+) {
+    rt.context().remove_seq(seq, -1, -1);
+    stats.finished(Outcome::Failed, 0, None);
+    let _ = events.send(Event::Error(error));
 }
 
 /// The report of a request evaluated without weighting.

@@ -155,6 +155,11 @@ pub fn free_port() -> u16 {
 /// Starts `llama-dms serve` on a free loopback port with `model` and `mmproj` and waits until
 /// `/health` answers 200. Returns the server and its `/v1` base URL.
 pub fn start_server(model: &Path, mmproj: &Path) -> (Server, String) {
+    start_server_with(model, mmproj, &[])
+}
+
+/// [`start_server`] with extra `serve` flags.
+pub fn start_server_with(model: &Path, mmproj: &Path, extra: &[&str]) -> (Server, String) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_llama-dms"))
         .args([
@@ -172,6 +177,7 @@ pub fn start_server(model: &Path, mmproj: &Path) -> (Server, String) {
             "--mmproj",
             mmproj.to_str().unwrap(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
