@@ -43,96 +43,104 @@ pub async fn count_and_log(
 
 /// The metrics page.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP llama_dms_{name} {help}\n# TYPE llama_dms_{name} {kind}\nllama_dms_{name} {value}");
-    };
     let h = &state.http;
-    metric(
-        "http_requests_total",
-        "counter",
-        "HTTP requests answered.",
-        h.requests.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "http_client_errors_total",
-        "counter",
-        "4xx answers.",
-        h.client_errors.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "http_server_errors_total",
-        "counter",
-        "5xx answers.",
-        h.server_errors.load(Ordering::Relaxed).to_string(),
-    );
-    if let Ok(engine) = state.engine() {
-        let s = engine.stats();
-        metric(
-            "requests_completed_total",
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+    // (name, type, help, value)
+    let mut rows: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "http_requests_total",
             "counter",
-            "Generations finished.",
-            s.completed.to_string(),
-        );
-        metric(
-            "requests_failed_total",
+            "HTTP requests answered.",
+            load(&h.requests),
+        ),
+        (
+            "http_client_errors_total",
             "counter",
-            "Generations that failed.",
-            s.failed.to_string(),
-        );
-        metric(
-            "requests_cancelled_total",
+            "4xx answers.",
+            load(&h.client_errors),
+        ),
+        (
+            "http_server_errors_total",
             "counter",
-            "Generations abandoned by the client.",
-            s.cancelled.to_string(),
-        );
-        metric(
-            "queue_depth",
-            "gauge",
-            "Requests waiting for the engine.",
-            s.queue_depth.to_string(),
-        );
-        metric(
-            "max_batched_requests",
-            "gauge",
-            "Most requests decoded in one step.",
-            s.max_batched.to_string(),
-        );
-        metric(
-            "prompt_tokens_total",
-            "counter",
-            "Prompt tokens processed.",
-            s.prompt_tokens.to_string(),
-        );
-        metric(
-            "generated_tokens_total",
-            "counter",
-            "Tokens generated.",
-            s.generated_tokens.to_string(),
-        );
+            "5xx answers.",
+            load(&h.server_errors),
+        ),
+    ];
+    let engine_stats = state.engine().ok().map(|e| e.stats());
+    if let Some(s) = &engine_stats {
         let tps = if s.decode_seconds > 0.0 {
             s.generated_tokens as f64 / s.decode_seconds
         } else {
             0.0
         };
-        metric(
-            "generation_tokens_per_second",
-            "gauge",
-            "Generated tokens per second of decoding.",
-            format!("{tps:.3}"),
-        );
-        metric(
-            "image_encode_seconds_total",
-            "counter",
-            "Time in the vision encoder.",
-            format!("{:.6}", s.image_encode_seconds),
-        );
-        metric(
-            "dms_seconds_total",
-            "counter",
-            "Time in the DMS stage.",
-            format!("{:.6}", s.dms_seconds),
-        );
+        rows.extend([
+            (
+                "requests_completed_total",
+                "counter",
+                "Generations finished.",
+                s.completed.to_string(),
+            ),
+            (
+                "requests_failed_total",
+                "counter",
+                "Generations that failed.",
+                s.failed.to_string(),
+            ),
+            (
+                "requests_cancelled_total",
+                "counter",
+                "Generations abandoned by the client.",
+                s.cancelled.to_string(),
+            ),
+            (
+                "queue_depth",
+                "gauge",
+                "Requests waiting for the engine.",
+                s.queue_depth.to_string(),
+            ),
+            (
+                "max_batched_requests",
+                "gauge",
+                "Most requests decoded in one step.",
+                s.max_batched.to_string(),
+            ),
+            (
+                "prompt_tokens_total",
+                "counter",
+                "Prompt tokens processed.",
+                s.prompt_tokens.to_string(),
+            ),
+            (
+                "generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                s.generated_tokens.to_string(),
+            ),
+            (
+                "generation_tokens_per_second",
+                "gauge",
+                "Generated tokens per second of decoding.",
+                format!("{tps:.3}"),
+            ),
+            (
+                "image_encode_seconds_total",
+                "counter",
+                "Time in the vision encoder.",
+                format!("{:.6}", s.image_encode_seconds),
+            ),
+            (
+                "dms_seconds_total",
+                "counter",
+                "Time in the DMS stage.",
+                format!("{:.6}", s.dms_seconds),
+            ),
+        ]);
+    }
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(out, "# HELP llama_dms_{name} {help}\n# TYPE llama_dms_{name} {kind}\nllama_dms_{name} {value}");
+    }
+    if let Some(s) = engine_stats {
         let _ = writeln!(out, "# HELP llama_dms_image_weight Image weights applied by DMS.\n# TYPE llama_dms_image_weight histogram");
         let mut cumulative = 0;
         for (i, count) in s.weight_buckets.iter().enumerate() {
