@@ -325,3 +325,76 @@ fn parallel_requests_are_batched_and_answer_as_if_alone() {
         "two requests were decoded in the same steps"
     );
 }
+
+#[test]
+fn a_follow_up_turn_reuses_the_slot_and_answers_as_a_cold_start() {
+    let image = png(32, 32, [200, 30, 30]);
+    let turn = |history: &[(String, String)], question: &str| {
+        let mut messages = Vec::new();
+        for (i, (q, a)) in history.iter().enumerate() {
+            let mut content: Vec<ContentPart> = if i == 0 {
+                vec![ContentPart::Image(image.clone())]
+            } else {
+                Vec::new()
+            };
+            content.push(ContentPart::Text(q.clone()));
+            messages.push(Message {
+                role: Role::User,
+                content,
+            });
+            messages.push(Message::text(Role::Assistant, a.clone()));
+        }
+        let mut content: Vec<ContentPart> = if history.is_empty() {
+            vec![ContentPart::Image(image.clone())]
+        } else {
+            Vec::new()
+        };
+        content.push(ContentPart::Text(question.into()));
+        messages.push(Message {
+            role: Role::User,
+            content,
+        });
+        let mut r = GenerateRequest::new(messages);
+        r.sampling = SamplerParams::greedy();
+        r.max_tokens = 8;
+        r
+    };
+    let warm = tiny_engine(1024);
+    let (first, done) = collect(&warm, turn(&[], "What is in the image?"));
+    let Event::Done(done) = done else {
+        panic!("{done:?}")
+    };
+    assert_eq!(done.usage.cached_tokens, 0);
+    let history = vec![("What is in the image?".to_string(), first)];
+    let (second, done) = collect(&warm, turn(&history, "And the colour?"));
+    let Event::Done(done) = done else {
+        panic!("{done:?}")
+    };
+    assert!(
+        done.usage.cached_tokens > 16,
+        "the image and the first turn are reused: {:?}",
+        done.usage
+    );
+    assert!(done.usage.cached_tokens < done.usage.prompt_tokens);
+
+    // The same follow-up on a fresh engine: the same answer.
+    let cold = tiny_engine(1024);
+    let (cold_second, _) = collect(&cold, turn(&history, "And the colour?"));
+    assert_eq!(second, cold_second);
+
+    // A weighted request on the warm slot does not reuse the unweighted KV.
+    let mut weighted = turn(&history, "And the colour?");
+    weighted.dms = llama_dms::engine::DmsSettings::fixed(llama_dms::engine::ModalityWeights {
+        images: vec![1.0],
+        text: 1.0,
+    });
+    let (weighted_answer, done) = collect(&warm, weighted);
+    let Event::Done(done) = done else {
+        panic!("{done:?}")
+    };
+    assert_eq!(done.usage.cached_tokens, 0);
+    assert_eq!(
+        weighted_answer, cold_second,
+        "weights of 1 give llama.cpp's answer"
+    );
+}

@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::media::load_image;
 use super::types::{
     finish_reason, AssistantMessage, ChatCompletion, Choice, ContentPart, GenerationRequest,
-    LogprobsField, MessageContent, ResponseFormatRequest, Role, Usage,
+    LogprobsField, MessageContent, PromptTokensDetails, ResponseFormatRequest, Role, Usage,
 };
 use super::AppState;
 
@@ -259,6 +259,9 @@ fn usage_of(u: crate::engine::Usage) -> Usage {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
         total_tokens: u.prompt_tokens + u.completion_tokens,
+        prompt_tokens_details: PromptTokensDetails {
+            cached_tokens: u.cached_tokens,
+        },
     }
 }
 

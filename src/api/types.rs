@@ -230,6 +230,15 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Sum of both.
     pub total_tokens: usize,
+    /// `{"cached_tokens": n}`: prompt tokens reused from the slot's previous request.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// Details of the prompt tokens.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV state was reused.
+    pub cached_tokens: usize,
 }
 
 /// A non-streaming answer.

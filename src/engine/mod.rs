@@ -11,6 +11,7 @@ pub mod dms_settings;
 pub mod dms_stage;
 pub mod image;
 pub mod prompt;
+pub mod prompt_cache;
 pub mod runtime;
 pub mod stats;
 pub mod text;
@@ -148,6 +149,8 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt positions reused from the slot's previous request (not evaluated again).
+    pub cached_tokens: usize,
 }
 
 /// Where the time went, in milliseconds.

@@ -109,7 +109,7 @@ impl<'m> Runtime<'m> {
         Ok(self.ctx.logits(-1)?)
     }
 
-    fn check_fits(&self, prompt: &Prompt) -> Result<(), EngineError> {
+    pub(super) fn check_fits(&self, prompt: &Prompt) -> Result<(), EngineError> {
         let needed = prompt.n_positions() + 1;
         if needed > self.slot_ctx {
             return Err(crate::llama::LlamaError::ContextFull {

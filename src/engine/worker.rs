@@ -11,6 +11,7 @@ use crate::llama::{Batch, Model, ModelParams, Sampler, Token};
 
 use super::decoding::{Decoding, Emitted, GenerateOptions, Step};
 use super::dms_stage::{pick_scheduler, UnimodalPrompts};
+use super::prompt_cache::{common_prefix, positions, Unit};
 use super::runtime::Prefill;
 use super::stats::Outcome;
 use super::{
@@ -75,6 +76,7 @@ pub(super) fn run(
     }
     let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
     let mut cache = SignalCache::new(config.signal_cache_images);
+    let mut caches: Vec<Vec<Unit>> = vec![Vec::new(); parallel];
     loop {
         // Admit waiting requests into free slots (block only when nothing is running).
         while let Some(free) = slots.iter().position(Option::is_none) {
@@ -94,10 +96,22 @@ pub(super) fn run(
                 }
             };
             stats.dequeued();
-            slots[free] = admit(&mut rt, &config, &mut cache, job, free as i32, stats);
+            slots[free] = admit(
+                &mut rt,
+                &config,
+                &mut cache,
+                &mut caches,
+                job,
+                free as i32,
+                stats,
+            );
         }
         // One decode step for every running request.
-        if catch_unwind(AssertUnwindSafe(|| step_all(&mut rt, &mut slots, stats))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| {
+            step_all(&mut rt, &mut slots, stats, &mut caches)
+        }))
+        .is_err()
+        {
             tracing::error!("engine decode step panicked");
             for slot in slots.iter_mut().filter_map(Option::take) {
                 end_with_error(
@@ -106,6 +120,7 @@ pub(super) fn run(
                     &slot.events,
                     EngineError::Internal("decode step panicked".into()),
                     stats,
+                    &mut caches,
                 );
             }
         }
@@ -118,7 +133,11 @@ struct Slot {
     events: tmpsc::UnboundedSender<Event>,
     /// The sampled token still to be decoded.
     pending: Token,
+    /// What the sequence holds (prompt, then decoded tokens) when it can be reused.
+    units: Option<Vec<Unit>>,
     prompt_tokens: usize,
+    /// Prompt positions reused from the previous request of this slot.
+    cached_tokens: usize,
     prefill: Prefill,
     dms: DmsReport,
 }
@@ -140,6 +159,7 @@ fn admit(
     rt: &mut Runtime<'_>,
     config: &EngineConfig,
     cache: &mut SignalCache,
+    caches: &mut [Vec<Unit>],
     job: Job,
     seq: i32,
     stats: &EngineStats,
@@ -149,7 +169,7 @@ fn admit(
         return None;
     }
     let started = catch_unwind(AssertUnwindSafe(|| {
-        start(rt, config, cache, &job, seq, stats)
+        start(rt, config, cache, caches, &job, seq, stats)
     }));
     let error = match started {
         Ok(Ok(Started::Running(slot))) => return Some(*slot),
@@ -165,7 +185,7 @@ fn admit(
             EngineError::Internal(msg)
         }
     };
-    end_with_error(rt, seq, &job.events, error, stats);
+    end_with_error(rt, seq, &job.events, error, stats, caches);
     None
 }
 
@@ -179,6 +199,7 @@ fn start(
     rt: &mut Runtime<'_>,
     config: &EngineConfig,
     cache: &mut SignalCache,
+    caches: &mut [Vec<Unit>],
     job: &Job,
     seq: i32,
     stats: &EngineStats,
@@ -198,13 +219,23 @@ fn start(
         Some(text) => Prompt::raw(rt.model(), text)?,
         None => Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?,
     };
-    rt.context().remove_seq(seq, -1, -1);
+    let mut units = None;
+    let mut cached_tokens = 0;
     let (prefill, dms) = match pick_scheduler(&config.schedulers, &request.dms)? {
-        None => (
-            rt.prefill_reference(&prompt, seq)?,
-            off_report(images.len()),
-        ),
+        None => {
+            // Continue from what this slot's sequence already holds.
+            let new_units = rt.reference_units(&prompt, &images)?;
+            let keep = common_prefix(&caches[seq as usize], &new_units)
+                .min(new_units.len().saturating_sub(1));
+            caches[seq as usize].clear();
+            let prefill = rt.prefill_reference_from(&prompt, seq, &new_units, keep)?;
+            cached_tokens = positions(&new_units[..keep]);
+            units = Some(new_units);
+            (prefill, off_report(images.len()))
+        }
         Some(scheduler) => {
+            rt.context().remove_seq(seq, -1, -1);
+            caches[seq as usize].clear();
             let unimodal = (scheduler.needs_signals() && !images.is_empty())
                 .then(|| unimodal_prompts(rt, &request.messages, &images))
                 .transpose()?;
@@ -246,7 +277,9 @@ fn start(
         decoding,
         events: job.events.clone(),
         pending: 0,
+        units,
         prompt_tokens: prompt.n_tokens(),
+        cached_tokens,
         prefill,
         dms,
     };
@@ -256,14 +289,19 @@ fn start(
             ..slot
         }))),
         Step::Finished(reason) => {
-            finish(rt, slot, reason, stats); // ended at its first token
+            finish(rt, slot, reason, stats, caches); // ended at its first token
             Ok(Started::Ended)
         }
     }
 }
 
 /// Decodes the pending token of every running request in one batch, then samples each.
-fn step_all(rt: &mut Runtime<'_>, slots: &mut [Option<Slot>], stats: &EngineStats) {
+fn step_all(
+    rt: &mut Runtime<'_>,
+    slots: &mut [Option<Slot>],
+    stats: &EngineStats,
+    caches: &mut [Vec<Unit>],
+) {
     let active: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
     if active.is_empty() {
         return;
@@ -283,7 +321,7 @@ fn step_all(rt: &mut Runtime<'_>, slots: &mut [Option<Slot>], stats: &EngineStat
         for &i in &active {
             if let Some(slot) = slots[i].take() {
                 let error = EngineError::Internal(format!("decode failed: {e}"));
-                end_with_error(rt, slot.decoding.seq, &slot.events, error, stats);
+                end_with_error(rt, slot.decoding.seq, &slot.events, error, stats, caches);
             }
         }
         return;
@@ -293,21 +331,39 @@ fn step_all(rt: &mut Runtime<'_>, slots: &mut [Option<Slot>], stats: &EngineStat
             continue;
         };
         slot.decoding.n_past += 1;
+        if let Some(units) = &mut slot.units {
+            units.push(Unit::Token(slot.pending));
+        }
         let step = rt.step(&mut slot.decoding, row as i32, &mut emitter(&slot.events));
         match step {
             Ok(Step::Next(token)) => {
                 slot.pending = token;
                 slots[i] = Some(slot);
             }
-            Ok(Step::Finished(reason)) => finish(rt, slot, reason, stats),
-            Err(e) => end_with_error(rt, slot.decoding.seq, &slot.events, e, stats),
+            Ok(Step::Finished(reason)) => finish(rt, slot, reason, stats, caches),
+            Err(e) => end_with_error(rt, slot.decoding.seq, &slot.events, e, stats, caches),
         }
     }
 }
 
 /// Ends a request normally (or as cancelled) and frees its sequence.
-fn finish(rt: &mut Runtime<'_>, slot: Slot, reason: FinishReason, stats: &EngineStats) {
-    rt.context().remove_seq(slot.decoding.seq, -1, -1);
+fn finish(
+    rt: &mut Runtime<'_>,
+    slot: Slot,
+    reason: FinishReason,
+    stats: &EngineStats,
+    caches: &mut [Vec<Unit>],
+) {
+    // A finished unweighted request leaves its KV for the next one on this slot.
+    match (&slot.units, reason) {
+        (Some(units), FinishReason::Stop | FinishReason::Length) => {
+            caches[slot.decoding.seq as usize] = units.clone()
+        }
+        _ => {
+            rt.context().remove_seq(slot.decoding.seq, -1, -1);
+            caches[slot.decoding.seq as usize].clear();
+        }
+    }
     let generation = slot.decoding.summary(reason);
     if reason == FinishReason::Cancelled {
         stats.finished(Outcome::Cancelled, generation.completion_tokens, None);
@@ -319,6 +375,7 @@ fn finish(rt: &mut Runtime<'_>, slot: Slot, reason: FinishReason, stats: &Engine
         usage: Usage {
             prompt_tokens: slot.prompt_tokens,
             completion_tokens: generation.completion_tokens,
+            cached_tokens: slot.cached_tokens,
         },
         timings: Timings {
             image_encode_ms: ms(slot.prefill.image_encode),
@@ -342,8 +399,10 @@ fn end_with_error(
     events: &tmpsc::UnboundedSender<Event>,
     error: EngineError,
     stats: &EngineStats,
+    caches: &mut [Vec<Unit>],
 ) {
     rt.context().remove_seq(seq, -1, -1);
+    caches[seq as usize].clear();
     stats.finished(Outcome::Failed, 0, None);
     let _ = events.send(Event::Error(error));
 }

@@ -233,6 +233,39 @@ impl<'m> Mtmd<'m> {
         Ok(new_past)
     }
 
+    /// llama.cpp's own evaluation of one chunk at `n_past` of `seq`. Returns the new `n_past`.
+    pub fn eval_chunk(
+        &self,
+        ctx: &mut Context<'_>,
+        chunk: &Chunk<'_>,
+        n_past: i32,
+        seq: i32,
+        logits_last: bool,
+    ) -> Result<i32> {
+        let mut new_past = n_past;
+        log::clear_last_error();
+        // SAFETY: contexts and the chunk (owned by live `Chunks`) are valid for the call.
+        let code = unsafe {
+            sys::mtmd_helper_eval_chunk_single(
+                self.ptr.as_ptr(),
+                ctx.as_ptr(),
+                chunk.ptr,
+                n_past,
+                seq,
+                ctx.n_batch() as i32,
+                logits_last,
+                &mut new_past,
+            )
+        };
+        if code != 0 {
+            return Err(LlamaError::Decode {
+                code,
+                reason: log::last_error(),
+            });
+        }
+        Ok(new_past)
+    }
+
     /// llama.cpp's own evaluation of all chunks (token ids for text, encoder output for images),
     /// with logits for the last position. The reference our weighted path must match.
     pub fn eval_chunks(
