@@ -4,6 +4,8 @@
 pub mod clip;
 pub mod colour;
 pub mod demo;
+#[cfg(test)]
+pub(crate) mod gguf_test_reader;
 pub mod gguf_writer;
 pub mod smollm2;
 pub mod tiny;

@@ -496,7 +496,7 @@ fn random_mmproj(n_embd_out: usize, out_std: f32, seed: u64) -> GgufWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gguf_writer::test_reader::{parse, Val};
+    use super::super::gguf_test_reader::{parse, Val};
     use super::*;
     use std::collections::{HashMap, HashSet};
 
