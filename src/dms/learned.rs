@@ -3,10 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::plugins::deserialize_fields;
-use super::scheduler::{check_tau_bounds, param_error};
-use super::{
-    clamp_renormalise, softmax_weights, Bounds, DmsError, ModalityWeights, Scheduler, Signals,
-};
+use super::scheduler::{check_tau_bounds, param_error, weights_from_scores};
+use super::{Bounds, DmsError, ModalityWeights, Scheduler, Signals};
 
 /// Names of the MLP's input features, in order. For modality `m` of a request:
 ///
@@ -249,13 +247,11 @@ impl Scheduler for LearnedScheduler {
     }
 
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
-        let mut w = softmax_weights(&self.scores(signals), self.tau);
         let bounds = Bounds {
             w_min: self.w_min,
             w_max: self.w_max,
         };
-        clamp_renormalise(&mut w, bounds);
-        Ok(ModalityWeights::from_vec(&w))
+        Ok(weights_from_scores(&self.scores(signals), self.tau, bounds))
     }
 }
 

@@ -149,6 +149,14 @@ pub fn clamp_renormalise(w: &mut [f32], bounds: Bounds) {
     }
 }
 
+/// The weights of a score-based scheduler: `M * softmax(scores / tau)`, clamped to `bounds` and
+/// renormalised to sum `M`.
+pub fn weights_from_scores(scores: &[f32], tau: f32, bounds: Bounds) -> ModalityWeights {
+    let mut w = softmax_weights(scores, tau);
+    clamp_renormalise(&mut w, bounds);
+    ModalityWeights::from_vec(&w)
+}
+
 /// `M * softmax(score / tau)` for `M = scores.len()`, computed stably. `tau` is clamped to at
 /// least 1e-3 (non-finite means 1); non-finite scores count as `-inf`; if none is finite all
 /// weights are 1.

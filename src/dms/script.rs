@@ -24,10 +24,8 @@
 use rhai::packages::{Package, StandardPackage};
 use rhai::{Dynamic, Engine, Scope, AST};
 
-use super::scheduler::{check_tau_bounds, param_error};
-use super::{
-    clamp_renormalise, softmax_weights, Bounds, DmsError, ModalityWeights, Scheduler, Signals,
-};
+use super::scheduler::{check_tau_bounds, param_error, weights_from_scores};
+use super::{Bounds, DmsError, ModalityWeights, Scheduler, Signals};
 
 /// A scheduler whose per-modality score is a Rhai script.
 pub struct ScriptScheduler {
@@ -166,13 +164,11 @@ impl Scheduler for ScriptScheduler {
             .enumerate()
             .map(|(i, m)| self.score(m.confidence, m.uncertainty, s, i < n, signals))
             .collect::<Result<Vec<f32>, DmsError>>()?;
-        let mut w = softmax_weights(&scores, self.tau);
         let bounds = Bounds {
             w_min: self.w_min,
             w_max: self.w_max,
         };
-        clamp_renormalise(&mut w, bounds);
-        Ok(ModalityWeights::from_vec(&w))
+        Ok(weights_from_scores(&scores, self.tau, bounds))
     }
 }
 
