@@ -45,6 +45,7 @@ impl Default for Limits {
             media: MediaPolicy {
                 allowed_path: None,
                 max_bytes: 16 << 20,
+                allow_remote: false,
             },
         }
     }

@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Folder that `file://` image URLs may point into.
     #[arg(long, env = "LLAMA_DMS_ALLOWED_MEDIA_PATH")]
     pub allowed_media_path: Option<PathBuf>,
+    /// Fetch http(s) image URLs (public addresses only; 10 s timeout; size limited by the body limit).
+    #[arg(long, env = "LLAMA_DMS_ALLOW_REMOTE_MEDIA")]
+    pub allow_remote_media: bool,
     /// Largest request body in MiB.
     #[arg(long, env = "LLAMA_DMS_MAX_BODY_MB", default_value_t = 20)]
     pub max_body_mb: usize,
@@ -86,6 +89,7 @@ impl ServeArgs {
             media: MediaPolicy {
                 allowed_path,
                 max_bytes: max_body_bytes,
+                allow_remote: self.allow_remote_media,
             },
         })
     }
