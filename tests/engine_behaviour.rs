@@ -398,3 +398,51 @@ fn a_follow_up_turn_reuses_the_slot_and_answers_as_a_cold_start() {
         "weights of 1 give llama.cpp's answer"
     );
 }
+
+#[test]
+fn with_two_slots_each_conversation_returns_to_its_own_memory() {
+    let tiny = common::tiny_models();
+    let mut config = EngineConfig::new(&tiny.model, None);
+    config.runtime = test_config(1024, 6);
+    config.parallel = 2;
+    let engine = EngineHandle::start(config).unwrap();
+    let say = |history: &[&str]| {
+        let messages: Vec<Message> = history
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Message::text(
+                    if i % 2 == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    *t,
+                )
+            })
+            .collect();
+        let mut r = GenerateRequest::new(messages);
+        r.sampling = SamplerParams::greedy();
+        r.max_tokens = 4;
+        match collect(&engine, r).1 {
+            Event::Done(d) => d.usage.cached_tokens,
+            other => panic!("{other:?}"),
+        }
+    };
+    let a = "Conversation A is about the colour of the sky and the sea, at some length.";
+    let b = "Conversation B is about a different image entirely, and it is long too.";
+    assert_eq!(say(&[a]), 0);
+    assert_eq!(
+        say(&[b]),
+        0,
+        "B takes the empty slot instead of overwriting A's"
+    );
+    assert!(
+        say(&[a, "ok", "more?"]) > 10,
+        "A continues from its own slot"
+    );
+    assert!(
+        say(&[b, "ok", "more?"]) > 10,
+        "B continues from its own slot"
+    );
+}

@@ -79,7 +79,7 @@ pub(super) fn run(
     let mut caches: Vec<Vec<Unit>> = vec![Vec::new(); parallel];
     loop {
         // Admit waiting requests into free slots (block only when nothing is running).
-        while let Some(free) = slots.iter().position(Option::is_none) {
+        while slots.iter().any(Option::is_none) {
             let idle = slots.iter().all(Option::is_none);
             let job = if idle {
                 match queue.recv() {
@@ -96,15 +96,12 @@ pub(super) fn run(
                 }
             };
             stats.dequeued();
-            slots[free] = admit(
-                &mut rt,
-                &config,
-                &mut cache,
-                &mut caches,
-                job,
-                free as i32,
-                stats,
-            );
+            let free: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_none()).collect();
+            if let Some(slot) = admit(&mut rt, &config, &mut cache, &mut caches, job, &free, stats)
+            {
+                let seq = slot.decoding.seq as usize;
+                slots[seq] = Some(slot);
+            }
         }
         // One decode step for every running request.
         if catch_unwind(AssertUnwindSafe(|| {
@@ -161,15 +158,16 @@ fn admit(
     cache: &mut SignalCache,
     caches: &mut [Vec<Unit>],
     job: Job,
-    seq: i32,
+    free: &[usize],
     stats: &EngineStats,
 ) -> Option<Slot> {
     if job.events.is_closed() {
         stats.finished(Outcome::Cancelled, 0, None);
         return None;
     }
+    let mut place = Placement { free, chosen: None };
     let started = catch_unwind(AssertUnwindSafe(|| {
-        start(rt, config, cache, caches, &job, seq, stats)
+        start(rt, config, cache, caches, &job, &mut place, stats)
     }));
     let error = match started {
         Ok(Ok(Started::Running(slot))) => return Some(*slot),
@@ -185,8 +183,20 @@ fn admit(
             EngineError::Internal(msg)
         }
     };
-    end_with_error(rt, seq, &job.events, error, stats, caches);
+    match place.chosen {
+        Some(seq) => end_with_error(rt, seq, &job.events, error, stats, caches),
+        None => {
+            stats.finished(Outcome::Failed, 0, None);
+            let _ = job.events.send(Event::Error(error));
+        }
+    }
     None
+}
+
+/// Which free slots a new request may take, and the one it took.
+struct Placement<'a> {
+    free: &'a [usize],
+    chosen: Option<i32>,
 }
 
 enum Started {
@@ -201,7 +211,7 @@ fn start(
     cache: &mut SignalCache,
     caches: &mut [Vec<Unit>],
     job: &Job,
-    seq: i32,
+    place: &mut Placement<'_>,
     stats: &EngineStats,
 ) -> Result<Started, EngineError> {
     let request = &job.request;
@@ -221,19 +231,45 @@ fn start(
     };
     let mut units = None;
     let mut cached_tokens = 0;
-    let (prefill, dms) = match pick_scheduler(&config.schedulers, &request.dms)? {
+    let (seq, prefill, dms) = match pick_scheduler(&config.schedulers, &request.dms)? {
         None => {
-            // Continue from what this slot's sequence already holds.
+            // Take the free slot whose sequence already holds the longest prefix, and continue
+            // from there; but do not overwrite most of another conversation's memory for a
+            // short shared prefix (the template's first tokens) while an empty slot is free.
             let new_units = rt.reference_units(&prompt, &images)?;
-            let keep = common_prefix(&caches[seq as usize], &new_units)
-                .min(new_units.len().saturating_sub(1));
+            let free = place.free;
+            let mut best = free
+                .iter()
+                .copied()
+                .max_by_key(|&i| (common_prefix(&caches[i], &new_units), usize::MAX - i))
+                .ok_or_else(|| EngineError::Internal("no free slot".into()))?;
+            if 2 * common_prefix(&caches[best], &new_units) < caches[best].len() {
+                best = free
+                    .iter()
+                    .copied()
+                    .find(|&i| caches[i].is_empty())
+                    .unwrap_or(best);
+            }
+            let seq = best as i32;
+            place.chosen = Some(seq);
+            let keep =
+                common_prefix(&caches[best], &new_units).min(new_units.len().saturating_sub(1));
             caches[seq as usize].clear();
             let prefill = rt.prefill_reference_from(&prompt, seq, &new_units, keep)?;
             cached_tokens = positions(&new_units[..keep]);
             units = Some(new_units);
-            (prefill, off_report(images.len()))
+            (seq, prefill, off_report(images.len()))
         }
         Some(scheduler) => {
+            // Weighted rows are never reused: prefer a slot that holds nothing worth keeping.
+            let free = place.free;
+            let slot = free
+                .iter()
+                .copied()
+                .find(|&i| caches[i].is_empty())
+                .or(free.first().copied());
+            let seq = slot.ok_or_else(|| EngineError::Internal("no free slot".into()))? as i32;
+            place.chosen = Some(seq);
             rt.context().remove_seq(seq, -1, -1);
             caches[seq as usize].clear();
             let unimodal = (scheduler.needs_signals() && !images.is_empty())
@@ -258,7 +294,7 @@ fn start(
             )?;
             let prefill =
                 rt.prefill_weighted_encoded(&prompt, &stage.report.weights, seq, &stage.encoded)?;
-            (prefill, stage.report)
+            (seq, prefill, stage.report)
         }
     };
     let mut sampling = request.sampling.clone();
