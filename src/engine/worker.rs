@@ -76,7 +76,8 @@ pub(super) fn run(
     }
     let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
     let mut cache = SignalCache::new(config.signal_cache_images);
-    let mut caches: Vec<Vec<Unit>> = vec![Vec::new(); parallel];
+    // What each slot's sequence holds, for prefix reuse (empty: nothing reusable).
+    let mut slot_units: Vec<Vec<Unit>> = vec![Vec::new(); parallel];
     loop {
         // Admit waiting requests into free slots (block only when nothing is running).
         while slots.iter().any(Option::is_none) {
@@ -97,15 +98,22 @@ pub(super) fn run(
             };
             stats.dequeued();
             let free: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_none()).collect();
-            if let Some(slot) = admit(&mut rt, &config, &mut cache, &mut caches, job, &free, stats)
-            {
+            if let Some(slot) = admit(
+                &mut rt,
+                &config,
+                &mut cache,
+                &mut slot_units,
+                job,
+                &free,
+                stats,
+            ) {
                 let seq = slot.decoding.seq as usize;
                 slots[seq] = Some(slot);
             }
         }
         // One decode step for every running request.
         if catch_unwind(AssertUnwindSafe(|| {
-            step_all(&mut rt, &mut slots, stats, &mut caches)
+            step_all(&mut rt, &mut slots, stats, &mut slot_units)
         }))
         .is_err()
         {
@@ -117,7 +125,7 @@ pub(super) fn run(
                     &slot.events,
                     EngineError::Internal("decode step panicked".into()),
                     stats,
-                    &mut caches,
+                    &mut slot_units,
                 );
             }
         }
@@ -156,7 +164,7 @@ fn admit(
     rt: &mut Runtime<'_>,
     config: &EngineConfig,
     cache: &mut SignalCache,
-    caches: &mut [Vec<Unit>],
+    slot_units: &mut [Vec<Unit>],
     job: Job,
     free: &[usize],
     stats: &EngineStats,
@@ -167,7 +175,7 @@ fn admit(
     }
     let mut place = Placement { free, chosen: None };
     let started = catch_unwind(AssertUnwindSafe(|| {
-        start(rt, config, cache, caches, &job, &mut place, stats)
+        start(rt, config, cache, slot_units, &job, &mut place, stats)
     }));
     let error = match started {
         Ok(Ok(Started::Running(slot))) => return Some(*slot),
@@ -184,7 +192,7 @@ fn admit(
         }
     };
     match place.chosen {
-        Some(seq) => end_with_error(rt, seq, &job.events, error, stats, caches),
+        Some(seq) => end_with_error(rt, seq, &job.events, error, stats, slot_units),
         None => {
             stats.finished(Outcome::Failed, 0, None);
             let _ = job.events.send(Event::Error(error));
@@ -209,7 +217,7 @@ fn start(
     rt: &mut Runtime<'_>,
     config: &EngineConfig,
     cache: &mut SignalCache,
-    caches: &mut [Vec<Unit>],
+    slot_units: &mut [Vec<Unit>],
     job: &Job,
     place: &mut Placement<'_>,
     stats: &EngineStats,
@@ -241,20 +249,20 @@ fn start(
             let mut best = free
                 .iter()
                 .copied()
-                .max_by_key(|&i| (common_prefix(&caches[i], &new_units), usize::MAX - i))
+                .max_by_key(|&i| (common_prefix(&slot_units[i], &new_units), usize::MAX - i))
                 .ok_or_else(|| EngineError::Internal("no free slot".into()))?;
-            if 2 * common_prefix(&caches[best], &new_units) < caches[best].len() {
+            if 2 * common_prefix(&slot_units[best], &new_units) < slot_units[best].len() {
                 best = free
                     .iter()
                     .copied()
-                    .find(|&i| caches[i].is_empty())
+                    .find(|&i| slot_units[i].is_empty())
                     .unwrap_or(best);
             }
             let seq = best as i32;
             place.chosen = Some(seq);
             let keep =
-                common_prefix(&caches[best], &new_units).min(new_units.len().saturating_sub(1));
-            caches[seq as usize].clear();
+                common_prefix(&slot_units[best], &new_units).min(new_units.len().saturating_sub(1));
+            slot_units[seq as usize].clear();
             let prefill = rt.prefill_reference_from(&prompt, seq, &new_units, keep)?;
             cached_tokens = positions(&new_units[..keep]);
             units = Some(new_units);
@@ -266,12 +274,12 @@ fn start(
             let slot = free
                 .iter()
                 .copied()
-                .find(|&i| caches[i].is_empty())
+                .find(|&i| slot_units[i].is_empty())
                 .or(free.first().copied());
             let seq = slot.ok_or_else(|| EngineError::Internal("no free slot".into()))? as i32;
             place.chosen = Some(seq);
             rt.context().remove_seq(seq, -1, -1);
-            caches[seq as usize].clear();
+            slot_units[seq as usize].clear();
             let unimodal = (scheduler.needs_signals() && !images.is_empty())
                 .then(|| unimodal_prompts(rt, &request.messages, &images))
                 .transpose()?;
@@ -325,7 +333,7 @@ fn start(
             ..slot
         }))),
         Step::Finished(reason) => {
-            finish(rt, slot, reason, stats, caches); // ended at its first token
+            finish(rt, slot, reason, stats, slot_units); // ended at its first token
             Ok(Started::Ended)
         }
     }
@@ -336,7 +344,7 @@ fn step_all(
     rt: &mut Runtime<'_>,
     slots: &mut [Option<Slot>],
     stats: &EngineStats,
-    caches: &mut [Vec<Unit>],
+    slot_units: &mut [Vec<Unit>],
 ) {
     let active: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
     if active.is_empty() {
@@ -357,7 +365,14 @@ fn step_all(
         for &i in &active {
             if let Some(slot) = slots[i].take() {
                 let error = EngineError::Internal(format!("decode failed: {e}"));
-                end_with_error(rt, slot.decoding.seq, &slot.events, error, stats, caches);
+                end_with_error(
+                    rt,
+                    slot.decoding.seq,
+                    &slot.events,
+                    error,
+                    stats,
+                    slot_units,
+                );
             }
         }
         return;
@@ -376,8 +391,8 @@ fn step_all(
                 slot.pending = token;
                 slots[i] = Some(slot);
             }
-            Ok(Step::Finished(reason)) => finish(rt, slot, reason, stats, caches),
-            Err(e) => end_with_error(rt, slot.decoding.seq, &slot.events, e, stats, caches),
+            Ok(Step::Finished(reason)) => finish(rt, slot, reason, stats, slot_units),
+            Err(e) => end_with_error(rt, slot.decoding.seq, &slot.events, e, stats, slot_units),
         }
     }
 }
@@ -388,16 +403,16 @@ fn finish(
     slot: Slot,
     reason: FinishReason,
     stats: &EngineStats,
-    caches: &mut [Vec<Unit>],
+    slot_units: &mut [Vec<Unit>],
 ) {
     // A finished unweighted request leaves its KV for the next one on this slot.
     match (&slot.units, reason) {
         (Some(units), FinishReason::Stop | FinishReason::Length) => {
-            caches[slot.decoding.seq as usize] = units.clone()
+            slot_units[slot.decoding.seq as usize] = units.clone()
         }
         _ => {
             rt.context().remove_seq(slot.decoding.seq, -1, -1);
-            caches[slot.decoding.seq as usize].clear();
+            slot_units[slot.decoding.seq as usize].clear();
         }
     }
     let generation = slot.decoding.summary(reason);
@@ -435,10 +450,10 @@ fn end_with_error(
     events: &tmpsc::UnboundedSender<Event>,
     error: EngineError,
     stats: &EngineStats,
-    caches: &mut [Vec<Unit>],
+    slot_units: &mut [Vec<Unit>],
 ) {
     rt.context().remove_seq(seq, -1, -1);
-    caches[seq as usize].clear();
+    slot_units[seq as usize].clear();
     stats.finished(Outcome::Failed, 0, None);
     let _ = events.send(Event::Error(error));
 }
