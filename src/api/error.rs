@@ -132,3 +132,36 @@ impl From<EngineError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llama::LlamaError;
+
+    #[test]
+    fn engine_errors_map_to_statuses_without_leaking_details() {
+        let internal = ApiError::from(EngineError::Internal("secret stack detail".into()));
+        assert_eq!(internal.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!internal.body().to_string().contains("secret"));
+        let decode = ApiError::from(EngineError::Llama(LlamaError::Decode {
+            code: 1,
+            reason: "no KV slot".into(),
+        }));
+        assert_eq!(decode.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!decode.message.contains("KV"));
+        assert_eq!(
+            ApiError::from(EngineError::QueueFull).status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            ApiError::from(EngineError::ShutDown).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let full = ApiError::from(EngineError::Llama(LlamaError::ContextFull {
+            needed: 9,
+            n_ctx: 4,
+        }));
+        assert_eq!(full.status, StatusCode::BAD_REQUEST);
+        assert_eq!(full.body()["error"]["type"], "invalid_request_error");
+    }
+}
