@@ -1,7 +1,7 @@
 //! llama-dms: a local OpenAI-compatible multimodal server on llama.cpp with Dynamic Modality
 //! Scheduling (per-request weighting of each image and of the user text).
 //!
-//! Layers: [`llama`] (the only `unsafe` code: a safe wrapper over llama.cpp), [`engine`] (one
+//! Layers: [`llama`] (a safe wrapper over llama.cpp; the only module with raw FFI), [`engine`] (one
 //! worker thread that owns the model and serves requests), [`models`] (synthesised test models),
 //! and [`cli`] (the command line).
 
