@@ -7,11 +7,11 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::llama::{Batch, ChunkKind, Token};
+use crate::llama::{ChunkKind, Token};
 
 use super::image::RgbImage;
 use super::prompt::{Piece, Prompt};
-use super::runtime::{Prefill, Runtime};
+use super::runtime::{decode_tokens, Prefill, Runtime};
 use super::EngineError;
 
 /// What occupies one stretch of KV positions.
@@ -117,60 +117,29 @@ impl Runtime<'_> {
         // Walk the units (BOS, then the chunks) and evaluate those after `keep`.
         let mut cursor = usize::from(prompt.bos.is_some());
         let mut tokens: Vec<Token> = Vec::new();
-        let flush = |rt: &mut Self,
-                     tokens: &mut Vec<Token>,
-                     n_past: &mut i32,
-                     last: bool|
-         -> Result<(), EngineError> {
-            let per_batch = rt.ctx.n_batch().max(1);
-            let total = tokens.len();
-            let mut b = Batch::tokens(per_batch.min(total).max(1));
-            for (k, block) in tokens.chunks(per_batch).enumerate() {
-                b.clear();
-                for (i, &t) in block.iter().enumerate() {
-                    b.push_token(t, *n_past, seq, last && k * per_batch + i + 1 == total)?;
-                    *n_past += 1;
-                }
-                rt.ctx.decode(&b)?;
-            }
-            tokens.clear();
-            Ok(())
-        };
-        match self.mtmd.take() {
+        match &self.mtmd {
             Some(mtmd) => {
-                let result = (|| {
-                    let chunks = prompt.reference_chunks(&mtmd)?;
-                    for chunk in chunks.iter() {
-                        match chunk.kind() {
-                            ChunkKind::Text => {
-                                for &t in chunk.tokens() {
-                                    if cursor >= keep {
-                                        tokens.push(t);
-                                    }
-                                    cursor += 1;
-                                }
+                for chunk in prompt.reference_chunks(mtmd)?.iter() {
+                    if chunk.kind() == ChunkKind::Text {
+                        for &t in chunk.tokens() {
+                            if cursor >= keep {
+                                tokens.push(t);
                             }
-                            _ => {
-                                if cursor >= keep {
-                                    flush(self, &mut tokens, &mut n_past, false)?;
-                                    n_past =
-                                        mtmd.eval_chunk(&mut self.ctx, &chunk, n_past, seq, false)?;
-                                }
-                                cursor += 1;
-                            }
+                            cursor += 1;
                         }
+                        continue;
                     }
-                    flush(self, &mut tokens, &mut n_past, true)
-                })();
-                self.mtmd = Some(mtmd);
-                result?;
+                    if cursor >= keep {
+                        decode_tokens(&mut self.ctx, &tokens, &mut n_past, seq, false)?;
+                        tokens.clear();
+                        n_past = mtmd.eval_chunk(&mut self.ctx, &chunk, n_past, seq, false)?;
+                    }
+                    cursor += 1;
+                }
             }
-            None => {
-                let all = prompt.text_tokens();
-                tokens.extend_from_slice(&all[keep..]);
-                flush(self, &mut tokens, &mut n_past, true)?;
-            }
+            None => tokens.extend_from_slice(&prompt.text_tokens()[keep..]),
         }
+        decode_tokens(&mut self.ctx, &tokens, &mut n_past, seq, true)?;
         Ok(Prefill {
             n_past,
             image_encode: Duration::ZERO,

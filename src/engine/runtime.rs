@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::llama::{
-    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, TokenEmbeddings,
+    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, Token, TokenEmbeddings,
 };
 
 use super::prompt::{Piece, Prompt};
@@ -249,10 +249,7 @@ impl<'m> Runtime<'m> {
         let start = Instant::now();
         let mut n_past = 0;
         if let Some(bos) = prompt.bos {
-            let mut b = Batch::tokens(1);
-            b.push_token(bos, 0, seq, false)?;
-            self.ctx.decode(&b)?;
-            n_past = 1;
+            decode_tokens(&mut self.ctx, &[bos], &mut n_past, seq, false)?;
         }
         match &self.mtmd {
             Some(mtmd) => {
@@ -262,16 +259,7 @@ impl<'m> Runtime<'m> {
             None => {
                 let tokens = prompt.text_tokens();
                 let tokens = &tokens[usize::from(prompt.bos.is_some())..];
-                let per_batch = self.ctx.n_batch().max(1);
-                let mut b = Batch::tokens(per_batch.min(tokens.len()));
-                for (k, block) in tokens.chunks(per_batch).enumerate() {
-                    b.clear();
-                    for (i, &t) in block.iter().enumerate() {
-                        b.push_token(t, n_past, seq, k * per_batch + i + 1 == tokens.len())?;
-                        n_past += 1;
-                    }
-                    self.ctx.decode(&b)?;
-                }
+                decode_tokens(&mut self.ctx, tokens, &mut n_past, seq, true)?;
             }
         }
         Ok(Prefill {
@@ -280,6 +268,33 @@ impl<'m> Runtime<'m> {
             total: start.elapsed(),
         })
     }
+}
+
+/// Decodes token ids on `seq` from `n_past` in batches of at most `n_batch`, asking for logits
+/// on the very last token when `logits_last`.
+pub(super) fn decode_tokens(
+    ctx: &mut Context<'_>,
+    tokens: &[Token],
+    n_past: &mut i32,
+    seq: i32,
+    logits_last: bool,
+) -> Result<(), EngineError> {
+    let per_batch = ctx.n_batch().max(1);
+    let mut batch = Batch::tokens(per_batch.min(tokens.len()));
+    for (k, block) in tokens.chunks(per_batch).enumerate() {
+        batch.clear();
+        for (i, &t) in block.iter().enumerate() {
+            batch.push_token(
+                t,
+                *n_past,
+                seq,
+                logits_last && k * per_batch + i + 1 == tokens.len(),
+            )?;
+            *n_past += 1;
+        }
+        ctx.decode(&batch)?;
+    }
+    Ok(())
 }
 
 fn no_projector() -> EngineError {
