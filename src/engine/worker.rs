@@ -78,6 +78,8 @@ pub(super) fn run(
     let mut cache = SignalCache::new(config.signal_cache_images);
     // What each slot's sequence holds, for prefix reuse (empty: nothing reusable).
     let mut slot_units: Vec<Vec<Unit>> = vec![Vec::new(); parallel];
+    // One token per running request, reused for every decode step.
+    let mut step_batch = Batch::tokens(parallel);
     loop {
         // Admit waiting requests into free slots (block only when nothing is running).
         while slots.iter().any(Option::is_none) {
@@ -113,7 +115,7 @@ pub(super) fn run(
         }
         // One decode step for every running request.
         if catch_unwind(AssertUnwindSafe(|| {
-            step_all(&mut rt, &mut slots, stats, &mut slot_units)
+            step_all(&mut rt, &mut slots, &mut step_batch, stats, &mut slot_units)
         }))
         .is_err()
         {
@@ -343,6 +345,7 @@ fn start(
 fn step_all(
     rt: &mut Runtime<'_>,
     slots: &mut [Option<Slot>],
+    batch: &mut Batch,
     stats: &EngineStats,
     slot_units: &mut [Vec<Unit>],
 ) {
@@ -351,7 +354,7 @@ fn step_all(
         return;
     }
     stats.batched(active.len());
-    let mut batch = Batch::tokens(active.len());
+    batch.clear();
     for &i in &active {
         let slot = slots[i].as_ref().expect("active slot");
         if let Err(e) =
@@ -360,7 +363,7 @@ fn step_all(
             tracing::error!("batch: {e}");
         }
     }
-    if let Err(e) = rt.context().decode(&batch) {
+    if let Err(e) = rt.context().decode(batch) {
         tracing::error!("batched decode failed: {e}");
         for &i in &active {
             if let Some(slot) = slots[i].take() {
