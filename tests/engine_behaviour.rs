@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::{max_abs_diff, png, test_config};
 use llama_dms::engine::{
-    ContentPart, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest, ImageError,
-    Message, Role, Runtime,
+    ContentPart, DmsSettings, EngineConfig, EngineError, EngineHandle, Event, GenerateRequest,
+    ImageError, Message, ModalityWeights, Role, Runtime,
 };
 use llama_dms::llama::{Batch, LlamaError, Model, ModelParams, SamplerParams, TokenEmbeddings};
 
@@ -382,21 +382,121 @@ fn a_follow_up_turn_reuses_the_slot_and_answers_as_a_cold_start() {
     let (cold_second, _) = collect(&cold, turn(&history, "And the colour?"));
     assert_eq!(second, cold_second);
 
-    // A weighted request on the warm slot does not reuse the unweighted KV.
+    // Weights of 1 lay the prompt out as the unweighted path does: its KV is reused.
     let mut weighted = turn(&history, "And the colour?");
-    weighted.dms = llama_dms::engine::DmsSettings::fixed(llama_dms::engine::ModalityWeights {
-        images: vec![1.0],
-        text: 1.0,
-    });
+    weighted.dms = fixed(1.0, 1.0);
     let (weighted_answer, done) = collect(&warm, weighted);
     let Event::Done(done) = done else {
         panic!("{done:?}")
     };
-    assert_eq!(done.usage.cached_tokens, 0);
+    assert_eq!(done.usage.cached_tokens, done.usage.prompt_tokens - 1);
     assert_eq!(
         weighted_answer, cold_second,
         "weights of 1 give llama.cpp's answer"
     );
+}
+
+fn fixed(image: f32, text: f32) -> DmsSettings {
+    DmsSettings::fixed(ModalityWeights {
+        images: vec![image],
+        text,
+    })
+}
+
+/// A two-turn conversation about one image, under `dms`; the second turn's request.
+fn second_turn(image: &[u8], first_answer: &str, dms: &DmsSettings) -> GenerateRequest {
+    let mut r = GenerateRequest::new(vec![
+        Message {
+            role: Role::User,
+            content: vec![
+                ContentPart::Image(image.to_vec()),
+                ContentPart::Text("What is in the image?".into()),
+            ],
+        },
+        Message::text(Role::Assistant, first_answer),
+        Message::text(Role::User, "And the colour?"),
+    ]);
+    r.sampling = SamplerParams::greedy();
+    r.max_tokens = 8;
+    r.dms = dms.clone();
+    r
+}
+
+fn done_of(event: Event) -> Box<llama_dms::engine::Done> {
+    match event {
+        Event::Done(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn weighted_follow_ups_reuse_the_kv_written_under_the_same_weights() {
+    let image = png(32, 32, [30, 200, 30]);
+    let scaled = fixed(0.5, 1.5);
+    let mut first = ask("What is in the image?", Some(image.clone()), 8);
+    first.sampling = SamplerParams::greedy();
+    first.dms = scaled.clone();
+    let warm = tiny_engine(1024);
+    let (answer, done) = collect(&warm, first);
+    assert_eq!(done_of(done).usage.cached_tokens, 0);
+
+    let (warm_second, done) = collect(&warm, second_turn(&image, &answer, &scaled));
+    let usage = done_of(done).usage;
+    assert!(
+        usage.cached_tokens > 16,
+        "the scaled image and first turn are reused: {usage:?}"
+    );
+    let cold = tiny_engine(1024);
+    let (cold_second, done) = collect(&cold, second_turn(&image, &answer, &scaled));
+    assert_eq!(done_of(done).usage.cached_tokens, 0);
+    assert_eq!(warm_second, cold_second, "reuse does not change the answer");
+
+    // Other weights: the image rows differ, so only the template before the image is reused.
+    let other = fixed(0.7, 1.5);
+    let (_, done) = collect(&warm, second_turn(&image, &answer, &other));
+    let reused = done_of(done).usage.cached_tokens;
+    assert!(
+        reused < 16,
+        "KV of other weights is not reused: {reused} positions"
+    );
+}
+
+#[test]
+fn an_image_seen_again_is_not_encoded_again() {
+    let image = png(32, 32, [30, 30, 200]);
+    let with_system = |system: &str| {
+        let mut r = ask("What is in the image?", Some(image.clone()), 6);
+        r.messages.insert(0, Message::text(Role::System, system));
+        r.sampling = SamplerParams::greedy();
+        r
+    };
+    let engine = tiny_engine(1024);
+    let (_, done) = collect(&engine, with_system("Be terse."));
+    let timings = done_of(done).timings;
+    assert_eq!(timings.image_cache_hits, 0);
+    assert!(timings.image_encode_ms > 0.0);
+    // Another conversation: no shared KV past the template's start, but the same image.
+    let (warm, done) = collect(&engine, with_system("You describe pictures."));
+    let done = done_of(done);
+    assert!(done.usage.cached_tokens < 8, "{:?}", done.usage);
+    assert_eq!(done.timings.image_cache_hits, 1);
+    assert_eq!(done.timings.image_encode_ms, 0.0);
+
+    let cold = tiny_engine(1024);
+    let (cold_answer, done) = collect(&cold, with_system("You describe pictures."));
+    assert_eq!(done_of(done).timings.image_cache_hits, 0);
+    assert_eq!(warm, cold_answer, "cached rows give the same answer");
+
+    // With the cache turned off every request encodes its image.
+    let tiny = common::tiny_models();
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()));
+    config.runtime = test_config(1024, 1);
+    config.runtime.image_cache_bytes = 0;
+    let uncached = EngineHandle::start(config).unwrap();
+    for system in ["Be terse.", "You describe pictures."] {
+        let (_, done) = collect(&uncached, with_system(system));
+        assert_eq!(done_of(done).timings.image_cache_hits, 0);
+    }
 }
 
 #[test]

@@ -223,3 +223,78 @@ fn api_keys_come_from_a_file() {
     assert_eq!(get(Some("key-one")), "200");
     assert_eq!(get(Some("key-two")), "200");
 }
+
+/// Sends SIGTERM to the server and waits (at most `limit`) for it to exit.
+fn terminate(server: &mut common::Server, limit: Duration) -> std::process::ExitStatus {
+    let pid = server.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Opens a streaming chat and returns its reader once the first content chunk arrived.
+fn open_stream(port: u16, max_tokens: usize) -> BufReader<TcpStream> {
+    let body = json!({"messages": [{"role": "user", "content": "Tell me a long story."}],
+                      "max_tokens": max_tokens, "ignore_eos": true, "stream": true})
+    .to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("\"content\":\"") {
+        line.clear();
+    }
+    assert!(line.contains("data:"), "no content chunk arrived");
+    reader
+}
+
+#[test]
+fn sigterm_lets_running_streams_finish_and_then_exits() {
+    let tiny = common::tiny_models();
+    let (mut server, base) = common::start_server(&tiny.model, &tiny.mmproj);
+    let port = port_of(&base);
+    let mut reader = open_stream(port, 200);
+    let status = terminate(&mut server, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    assert!(
+        rest.contains("\"finish_reason\":\"length\"") && rest.contains("data: [DONE]"),
+        "the running stream was cut short: ...{}",
+        &rest[rest.len().saturating_sub(300)..]
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting"
+    );
+}
+
+#[test]
+fn sigterm_cancels_what_outlasts_the_shutdown_timeout() {
+    let tiny = common::tiny_models();
+    let (mut server, base) = common::start_server_with(
+        &tiny.model,
+        &tiny.mmproj,
+        &["--shutdown-timeout", "1", "--ctx-size", "65536"],
+    );
+    let port = port_of(&base);
+    let _reader = open_stream(port, 60000);
+    let started = Instant::now();
+    let status = terminate(&mut server, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "exit took {:?}",
+        started.elapsed()
+    );
+}

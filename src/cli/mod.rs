@@ -110,9 +110,13 @@ pub struct ModelArgs {
     /// Where the demo model lives (used when no --model is given).
     #[arg(long, env = "LLAMA_DMS_DEMO_DIR", default_value = demo::DEFAULT_DIR)]
     pub demo_dir: PathBuf,
-    /// Requests generated at once (each gets --ctx-size positions).
+    /// Requests generated at once (each gets --ctx-size positions; one more window is kept for
+    /// the DMS signal passes).
     #[arg(long, env = "LLAMA_DMS_PARALLEL", default_value_t = 1)]
     pub parallel: usize,
+    /// MiB of projected image embeddings kept for images seen again (0 = none).
+    #[arg(long, env = "LLAMA_DMS_IMAGE_CACHE_MB", default_value_t = 256)]
+    pub image_cache_mb: usize,
     /// Directory of DMS scheduler plugins (*.toml, *.json); built-ins only if it does not exist.
     #[arg(long, env = "LLAMA_DMS_PLUGINS", default_value = "plugins")]
     pub plugins: PathBuf,
@@ -164,6 +168,7 @@ impl ModelArgs {
             ..config.runtime.context.clone()
         };
         config.runtime.mtmd_use_gpu = self.n_gpu_layers != 0;
+        config.runtime.image_cache_bytes = self.image_cache_mb.saturating_mul(1 << 20);
         config.schedulers = Arc::new(if self.plugins.is_dir() {
             Registry::load_dir(&self.plugins).map_err(|e| e.to_string())?
         } else {

@@ -1,8 +1,10 @@
 //! `llama-dms serve`: the OpenAI-compatible HTTP server.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -50,6 +52,10 @@ pub struct ServeArgs {
     /// Largest image in pixels (width x height).
     #[arg(long, env = "LLAMA_DMS_MAX_IMAGE_PIXELS", default_value_t = 4096 * 4096)]
     pub max_image_pixels: u64,
+    /// Seconds that running requests may take to finish after Ctrl-C/SIGTERM; then they are
+    /// cancelled and the server exits.
+    #[arg(long, env = "LLAMA_DMS_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
 }
 
 impl ServeArgs {
@@ -125,11 +131,19 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         };
         let state = AppState::new(api_keys, limits);
         let app = router(state.clone(), &args.cors_origins);
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stopping_tx.send(true);
         });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(stopping.clone()))
+                .into_future(),
+        );
         eprintln!("llama-dms: listening on http://{addr} (loading the model...)");
         let engine = match tokio::task::spawn_blocking(move || EngineHandle::start(config)).await {
             Ok(Ok(e)) => e,
@@ -141,15 +155,26 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             engine.info().name
         );
         state.set_engine(engine);
-        match server.await {
-            Ok(Ok(())) => ExitCode::SUCCESS,
-            Ok(Err(e)) => fail(1, &format!("server error: {e}")),
-            Err(e) => fail(1, &format!("server task failed: {e}")),
+        let grace = Duration::from_secs(args.shutdown_timeout);
+        tokio::select! {
+            done = &mut server => match done {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => fail(1, &format!("server error: {e}")),
+                Err(e) => fail(1, &format!("server task failed: {e}")),
+            },
+            _ = async { stopped(stopping).await; tokio::time::sleep(grace).await } => {
+                eprintln!(
+                    "llama-dms: requests still running after {}s are cancelled",
+                    grace.as_secs()
+                );
+                ExitCode::SUCCESS
+            }
         }
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM; axum then stops accepting and lets open requests finish.
+/// Resolves on Ctrl-C or SIGTERM; axum then stops accepting and lets open requests finish
+/// (for at most `--shutdown-timeout` seconds).
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -93,6 +93,15 @@ impl ModalityWeights {
         }
     }
 
+    /// The weights rounded to multiples of `step`.
+    pub fn quantized(&self, step: f32) -> Self {
+        let q = |w: f32| (w / step).round() * step;
+        Self {
+            images: self.images.iter().map(|&w| q(w)).collect(),
+            text: q(self.text),
+        }
+    }
+
     /// Checks there is one finite, non-negative weight per image (and for the text).
     pub fn check(&self, n_images: usize) -> Result<(), DmsError> {
         if self.images.len() != n_images {

@@ -1,6 +1,8 @@
 //! Turning encoded image bytes (PNG, JPEG, WebP, GIF first frame, BMP) into RGB pixels, with a
 //! pixel limit checked from the header before anything is decoded.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::io::Cursor;
 
 use image::{ImageFormat, ImageReader};
@@ -14,6 +16,15 @@ pub struct RgbImage {
     pub height: u32,
     /// Tightly packed RGB bytes, row-major.
     pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// A hash of the size and pixels (equal images, however they were encoded, hash alike).
+    pub fn content_hash(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (self.width, self.height, &self.pixels).hash(&mut h);
+        h.finish()
+    }
 }
 
 /// Why an image was refused.

@@ -10,6 +10,7 @@ pub mod decoding;
 pub mod dms_settings;
 pub mod dms_stage;
 pub mod image;
+pub mod lru;
 pub mod prompt;
 pub mod prompt_cache;
 pub mod runtime;
@@ -156,8 +157,10 @@ pub struct Usage {
 /// Where the time went, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
-    /// Vision encoder time (0 when llama.cpp evaluated the unweighted prompt in one call).
+    /// Vision encoder time (0 when every image came from the caches).
     pub image_encode_ms: f64,
+    /// Image chunks whose projected rows came from the embedding cache instead of the encoder.
+    pub image_cache_hits: usize,
     /// Prompt processing time (excluding image encoding).
     pub prefill_ms: f64,
     /// Generation time.

@@ -6,6 +6,9 @@ use crate::llama::{
     apply_chat_template, Bitmap, ChatMessage, Chunks, Model, Mtmd, PromptPart, Token,
 };
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
 use super::image::RgbImage;
 use super::EngineError;
 
@@ -83,6 +86,8 @@ pub struct Prompt {
     segments: Vec<Segment>,
     user_texts: Vec<String>,
     bitmaps: Vec<Bitmap>,
+    /// A hash of each image's pixels (the key of its cached embeddings and KV).
+    image_hashes: Vec<u64>,
 }
 
 const TEXT_MARK: char = '\u{E000}';
@@ -178,6 +183,7 @@ impl Prompt {
             segments,
             user_texts,
             bitmaps,
+            image_hashes: images.iter().map(RgbImage::content_hash).collect(),
         })
     }
 
@@ -199,12 +205,20 @@ impl Prompt {
             segments: vec![Segment::Template(text.to_string())],
             user_texts: Vec::new(),
             bitmaps: Vec::new(),
+            image_hashes: Vec::new(),
         })
     }
 
     /// Number of images in the prompt.
     pub fn n_images(&self) -> usize {
         self.bitmaps.len()
+    }
+
+    /// A key for the `ordinal`-th image chunk of image `index`: equal for equal pixels.
+    pub fn image_chunk_key(&self, index: usize, ordinal: usize) -> u64 {
+        let mut h = DefaultHasher::new();
+        (self.image_hashes.get(index), ordinal).hash(&mut h);
+        h.finish()
     }
 
     /// KV positions the prompt occupies.

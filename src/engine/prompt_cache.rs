@@ -1,33 +1,39 @@
-//! Reuse of a slot's KV memory across requests: the next turn of a chat (or the same image
-//! again) continues from the longest prefix that is already in the sequence instead of
-//! evaluating the whole prompt again. Only the unweighted (`off`) path is cached: weighted rows
-//! depend on the weights of each request.
+//! The prefill every request goes through, and the reuse of a slot's KV memory across requests:
+//! the next turn of a chat (or the same image again) continues from the longest prefix that is
+//! already in the sequence instead of evaluating the whole prompt again.
+//!
+//! A prompt is laid out as [`Unit`]s: text decoded by token id (weight 1), user text decoded as
+//! scaled embedding rows (weight not 1), and image chunks keyed by the image's pixels and the
+//! weight applied to them. Two prompts share KV exactly as far as their units agree. Projected
+//! image rows come from a bounded LRU keyed by the image's pixels, so an image seen again is not
+//! encoded again even when its KV is gone.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::llama::{ChunkKind, Token};
+use crate::llama::{Chunk, ChunkKind, Token};
 
-use super::image::RgbImage;
 use super::prompt::{Piece, Prompt};
 use super::runtime::{decode_tokens, Prefill, Runtime};
-use super::EngineError;
+use super::{EngineError, ModalityWeights};
 
 /// What occupies one stretch of KV positions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
     /// One token decoded by id.
     Token(Token),
-    /// One image chunk: a hash of its image's pixels and its ordinal, and the positions it uses.
+    /// One user-text token decoded as its embedding row times a weight (the weight's bits).
+    Scaled { token: Token, weight: u32 },
+    /// One image chunk: a hash of its pixels, ordinal and weight, and the positions it uses.
     Image { key: u64, n_pos: usize },
 }
 
 impl Unit {
     fn n_pos(&self) -> usize {
         match self {
-            Unit::Token(_) => 1,
             Unit::Image { n_pos, .. } => *n_pos,
+            _ => 1,
         }
     }
 }
@@ -42,131 +48,200 @@ pub fn common_prefix(a: &[Unit], b: &[Unit]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn image_keys(prompt: &Prompt, images: &[RgbImage]) -> Vec<u64> {
-    let mut keys = Vec::new();
+/// A text token under weight `w`.
+fn text_unit(token: Token, w: f32) -> Unit {
+    if w == 1.0 {
+        Unit::Token(token)
+    } else {
+        Unit::Scaled {
+            token,
+            weight: w.to_bits(),
+        }
+    }
+}
+
+/// The units of `prompt` when its user text and images are scaled by `weights`.
+pub fn prompt_units(prompt: &Prompt, weights: &ModalityWeights) -> Vec<Unit> {
+    let mut units: Vec<Unit> = prompt.bos.map(Unit::Token).into_iter().collect();
     for piece in &prompt.pieces {
-        if let Piece::Image { index, chunks } = piece {
-            let n = chunks
-                .iter()
-                .filter(|c| c.kind() == ChunkKind::Image)
-                .count();
-            for ordinal in 0..n {
-                let mut h = DefaultHasher::new();
-                images[*index].pixels.hash(&mut h);
-                (images[*index].width, images[*index].height, ordinal).hash(&mut h);
-                keys.push(h.finish());
+        match piece {
+            Piece::Text { tokens, user } => {
+                let w = if *user { weights.text } else { 1.0 };
+                units.extend(tokens.iter().map(|&t| text_unit(t, w)));
+            }
+            Piece::Image { index, chunks } => {
+                let w = weights.images.get(*index).copied().unwrap_or(1.0);
+                let mut ordinal = 0;
+                for chunk in chunks.iter() {
+                    if chunk.kind() == ChunkKind::Text {
+                        units.extend(chunk.tokens().iter().map(|&t| Unit::Token(t)));
+                        continue;
+                    }
+                    let mut h = DefaultHasher::new();
+                    (prompt.image_chunk_key(*index, ordinal), w.to_bits()).hash(&mut h);
+                    units.push(Unit::Image {
+                        key: h.finish(),
+                        n_pos: chunk.n_pos(),
+                    });
+                    ordinal += 1;
+                }
             }
         }
     }
-    keys
+    units
 }
 
 impl Runtime<'_> {
-    /// The units of `prompt` as llama.cpp's own evaluation lays them out.
-    pub fn reference_units(
-        &self,
-        prompt: &Prompt,
-        images: &[RgbImage],
-    ) -> Result<Vec<Unit>, EngineError> {
-        let mut units: Vec<Unit> = prompt.bos.map(Unit::Token).into_iter().collect();
-        match &self.mtmd {
-            Some(mtmd) => {
-                let mut keys = image_keys(prompt, images).into_iter();
-                for chunk in prompt.reference_chunks(mtmd)?.iter() {
-                    match chunk.kind() {
-                        ChunkKind::Text => {
-                            units.extend(chunk.tokens().iter().map(|&t| Unit::Token(t)))
-                        }
-                        _ => units.push(Unit::Image {
-                            key: keys.next().unwrap_or_default(),
-                            n_pos: chunk.n_pos(),
-                        }),
-                    }
-                }
-            }
-            None => {
-                let tokens = prompt.text_tokens();
-                units.extend(
-                    tokens[usize::from(prompt.bos.is_some())..]
-                        .iter()
-                        .map(|&t| Unit::Token(t)),
-                );
-            }
-        }
-        Ok(units)
-    }
-
-    /// llama.cpp's own evaluation of `prompt` on `seq`, continuing after the first `keep`
-    /// units already in the sequence (`keep` = 0: a cold start with the plain reference path).
-    pub fn prefill_reference_from(
+    /// Prefills `prompt` into sequence `seq` with its user text and images scaled by `weights`
+    /// (everything else by 1), continuing after the first `keep` of its `units` (from
+    /// [`prompt_units`]) that the sequence already holds; `keep` = 0 starts afresh. Text at
+    /// weight 1 is decoded by token id, exactly as llama.cpp does, so weights of 1 give
+    /// llama.cpp's own result.
+    pub fn prefill_from(
         &mut self,
         prompt: &Prompt,
+        weights: &ModalityWeights,
         seq: i32,
         units: &[Unit],
         keep: usize,
     ) -> Result<Prefill, EngineError> {
-        let keep = keep.min(units.len().saturating_sub(1));
-        if keep == 0 {
-            self.ctx.remove_seq(seq, -1, -1);
-            return self.prefill_reference(prompt, seq);
-        }
+        weights
+            .check(prompt.n_images())
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         self.check_fits(prompt)?;
         let start = Instant::now();
-        let mut n_past = positions(&units[..keep]) as i32;
-        self.ctx.remove_seq(seq, n_past, -1);
-        // Walk the units (BOS, then the chunks) and evaluate those after `keep`.
-        let mut cursor = usize::from(prompt.bos.is_some());
-        let mut tokens: Vec<Token> = Vec::new();
-        match &self.mtmd {
-            Some(mtmd) => {
-                for chunk in prompt.reference_chunks(mtmd)?.iter() {
-                    if chunk.kind() == ChunkKind::Text {
-                        for &t in chunk.tokens() {
-                            if cursor >= keep {
-                                tokens.push(t);
+        let keep = keep.min(units.len().saturating_sub(1));
+        let mut out = Prefill {
+            n_past: positions(&units[..keep]) as i32,
+            ..Prefill::default()
+        };
+        self.ctx.remove_seq(seq, out.n_past, -1);
+        // Text waiting to be decoded, with its weight; the unit cursor skips what is kept.
+        let mut pending: Vec<(Token, f32)> = Vec::new();
+        let mut cursor = 0;
+        let take_text =
+            |pending: &mut Vec<(Token, f32)>, cursor: &mut usize, tokens: &[Token], w: f32| {
+                for &t in tokens {
+                    if *cursor >= keep {
+                        pending.push((t, w));
+                    }
+                    *cursor += 1;
+                }
+            };
+        if let Some(bos) = prompt.bos {
+            take_text(&mut pending, &mut cursor, &[bos], 1.0);
+        }
+        for piece in &prompt.pieces {
+            match piece {
+                Piece::Text { tokens, user } => take_text(
+                    &mut pending,
+                    &mut cursor,
+                    tokens,
+                    if *user { weights.text } else { 1.0 },
+                ),
+                Piece::Image { index, chunks } => {
+                    let mut ordinal = 0;
+                    for chunk in chunks.iter() {
+                        match chunk.kind() {
+                            ChunkKind::Text => {
+                                take_text(&mut pending, &mut cursor, chunk.tokens(), 1.0)
                             }
-                            cursor += 1;
+                            ChunkKind::Image if cursor < keep => {
+                                cursor += 1;
+                                ordinal += 1;
+                            }
+                            ChunkKind::Image => {
+                                cursor += 1;
+                                self.flush_text(&mut pending, &mut out.n_past, seq, false)?;
+                                let (mut rows, hit) =
+                                    self.image_rows(prompt, *index, ordinal, &chunk, &mut out)?;
+                                out.image_cache_hits += usize::from(hit);
+                                ordinal += 1;
+                                let w = weights.images[*index];
+                                if w != 1.0 {
+                                    rows.iter_mut().for_each(|v| *v *= w);
+                                }
+                                let mtmd = self.mtmd.as_ref().ok_or_else(no_projector)?;
+                                out.n_past = mtmd.decode_image(
+                                    &mut self.ctx,
+                                    &chunk,
+                                    &mut rows,
+                                    out.n_past,
+                                    seq,
+                                )?;
+                            }
+                            ChunkKind::Audio => {
+                                return Err(EngineError::InvalidRequest(
+                                    "audio input is not supported".into(),
+                                ))
+                            }
                         }
-                        continue;
                     }
-                    if cursor >= keep {
-                        decode_tokens(&mut self.ctx, &tokens, &mut n_past, seq, false)?;
-                        tokens.clear();
-                        n_past = mtmd.eval_chunk(&mut self.ctx, &chunk, n_past, seq, false)?;
-                    }
-                    cursor += 1;
                 }
             }
-            None => tokens.extend_from_slice(&prompt.text_tokens()[keep..]),
         }
-        decode_tokens(&mut self.ctx, &tokens, &mut n_past, seq, true)?;
-        Ok(Prefill {
-            n_past,
-            image_encode: Duration::ZERO,
-            total: start.elapsed(),
-        })
+        if pending.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "the prompt must end with text".into(),
+            ));
+        }
+        self.flush_text(&mut pending, &mut out.n_past, seq, true)?;
+        out.total = start.elapsed();
+        Ok(out)
+    }
+
+    /// Decodes pending text in runs of equal weight: token ids at weight 1, scaled rows
+    /// otherwise; logits on the very last token when `logits_last`.
+    fn flush_text(
+        &mut self,
+        pending: &mut Vec<(Token, f32)>,
+        n_past: &mut i32,
+        seq: i32,
+        logits_last: bool,
+    ) -> Result<(), EngineError> {
+        let runs: Vec<&[(Token, f32)]> = pending.chunk_by(|a, b| a.1 == b.1).collect();
+        let width = self.model.n_embd_inp();
+        for (k, run) in runs.iter().enumerate() {
+            let last = logits_last && k + 1 == runs.len();
+            let tokens: Vec<Token> = run.iter().map(|(t, _)| *t).collect();
+            let w = run[0].1;
+            if w == 1.0 {
+                decode_tokens(&mut self.ctx, &tokens, n_past, seq, last)?;
+            } else {
+                let mut rows = Vec::with_capacity(tokens.len() * width);
+                self.rows.append_rows(&tokens, w, width, &mut rows)?;
+                self.decode_rows(&rows, n_past, seq, last)?;
+            }
+        }
+        pending.clear();
+        Ok(())
+    }
+
+    /// The projected rows of the `ordinal`-th image chunk of image `index` of `prompt`, from the
+    /// embedding cache or else the encoder (whose time is added to `out`). Also says whether
+    /// they came from the cache.
+    pub(super) fn image_rows(
+        &mut self,
+        prompt: &Prompt,
+        index: usize,
+        ordinal: usize,
+        chunk: &Chunk<'_>,
+        out: &mut Prefill,
+    ) -> Result<(Vec<f32>, bool), EngineError> {
+        let key = prompt.image_chunk_key(index, ordinal);
+        if let Some(rows) = self.embeddings.get(key) {
+            return Ok((rows.clone(), true));
+        }
+        let t = Instant::now();
+        let mtmd = self.mtmd.as_mut().ok_or_else(no_projector)?;
+        let rows = mtmd.encode(chunk)?;
+        out.image_encode += t.elapsed();
+        self.embeddings
+            .put(key, rows.clone(), rows.len() * std::mem::size_of::<f32>());
+        Ok((rows, false))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_and_positions() {
-        let a = vec![
-            Unit::Token(1),
-            Unit::Image { key: 7, n_pos: 16 },
-            Unit::Token(2),
-        ];
-        let b = vec![
-            Unit::Token(1),
-            Unit::Image { key: 7, n_pos: 16 },
-            Unit::Token(3),
-        ];
-        assert_eq!(common_prefix(&a, &b), 2);
-        assert_eq!(positions(&a[..2]), 17);
-        let c = vec![Unit::Token(1), Unit::Image { key: 8, n_pos: 16 }];
-        assert_eq!(common_prefix(&a, &c), 1);
-    }
+fn no_projector() -> EngineError {
+    EngineError::InvalidRequest("this model has no vision projector".into())
 }

@@ -5,10 +5,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::llama::{
-    Batch, ChunkKind, Context, ContextParams, Model, Mtmd, MtmdParams, Token, TokenEmbeddings,
+    Batch, Context, ContextParams, Model, Mtmd, MtmdParams, Token, TokenEmbeddings,
 };
 
-use super::prompt::{Piece, Prompt};
+use super::lru::Lru;
+use super::prompt::Prompt;
+use super::prompt_cache::prompt_units;
 use super::{EngineError, ModalityWeights};
 
 /// Settings of a [`Runtime`].
@@ -18,6 +20,8 @@ pub struct RuntimeConfig {
     pub context: ContextParams,
     /// Run the vision encoder on the GPU when available.
     pub mtmd_use_gpu: bool,
+    /// Bytes of projected image rows kept for images seen again.
+    pub image_cache_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -32,6 +36,7 @@ impl Default for RuntimeConfig {
         Self {
             context,
             mtmd_use_gpu: false,
+            image_cache_bytes: 256 << 20,
         }
     }
 }
@@ -45,6 +50,8 @@ pub struct Prefill {
     pub image_encode: Duration,
     /// Total prefill time (including image encoding).
     pub total: Duration,
+    /// Image chunks whose rows came from the embedding cache.
+    pub image_cache_hits: usize,
 }
 
 /// Model, context, projector and token rows on one thread.
@@ -57,6 +64,8 @@ pub struct Runtime<'m> {
     pub(super) slot_ctx: usize,
     /// First sequence id the DMS signal passes may use (answers use the ones below).
     pub(super) signal_seq_base: i32,
+    /// Projected image rows by image chunk key.
+    pub(super) embeddings: Lru<Vec<f32>>,
 }
 
 impl<'m> Runtime<'m> {
@@ -86,6 +95,7 @@ impl<'m> Runtime<'m> {
             rows,
             slot_ctx,
             signal_seq_base: 1,
+            embeddings: Lru::new(config.image_cache_bytes),
         })
     }
 
@@ -146,100 +156,16 @@ impl<'m> Runtime<'m> {
         Ok(())
     }
 
-    /// Prefills `prompt` into sequence `seq` (from position 0) as embedding rows: image rows are
-    /// multiplied by their image weight, user-text rows by the text weight, everything else by 1.
+    /// Prefills `prompt` into sequence `seq` from position 0 with its user text and images
+    /// scaled by `weights` (see [`Runtime::prefill_from`]).
     pub fn prefill_weighted(
         &mut self,
         prompt: &Prompt,
         weights: &ModalityWeights,
         seq: i32,
     ) -> Result<Prefill, EngineError> {
-        self.prefill_weighted_encoded(prompt, weights, seq, &[])
-    }
-
-    /// [`Runtime::prefill_weighted`] with images already encoded: `encoded[i][j]` holds the rows
-    /// of the `j`-th image chunk of image `i` (images missing from `encoded` are encoded here).
-    pub fn prefill_weighted_encoded(
-        &mut self,
-        prompt: &Prompt,
-        weights: &ModalityWeights,
-        seq: i32,
-        encoded: &[Vec<Vec<f32>>],
-    ) -> Result<Prefill, EngineError> {
-        weights
-            .check(prompt.n_images())
-            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-        self.check_fits(prompt)?;
-        let start = Instant::now();
-        let width = self.model.n_embd_inp();
-        let mut out = Prefill::default();
-        let mut pending: Vec<f32> = Vec::new();
-        if let Some(bos) = prompt.bos {
-            self.rows.append_rows(&[bos], 1.0, width, &mut pending)?;
-        }
-        for piece in &prompt.pieces {
-            match piece {
-                Piece::Text { tokens, user } => {
-                    let w = if *user { weights.text } else { 1.0 };
-                    self.rows.append_rows(tokens, w, width, &mut pending)?;
-                }
-                Piece::Image { index, chunks } => {
-                    let mut image_chunk = 0;
-                    for chunk in chunks.iter() {
-                        match chunk.kind() {
-                            ChunkKind::Image => {
-                                self.decode_rows(
-                                    &std::mem::take(&mut pending),
-                                    &mut out.n_past,
-                                    seq,
-                                    false,
-                                )?;
-                                let mtmd = self.mtmd.as_mut().ok_or_else(no_projector)?;
-                                let mut rows =
-                                    match encoded.get(*index).and_then(|e| e.get(image_chunk)) {
-                                        Some(rows) => rows.clone(),
-                                        None => {
-                                            let t = Instant::now();
-                                            let rows = mtmd.encode(&chunk)?;
-                                            out.image_encode += t.elapsed();
-                                            rows
-                                        }
-                                    };
-                                image_chunk += 1;
-                                let w = weights.images[*index];
-                                if w != 1.0 {
-                                    rows.iter_mut().for_each(|v| *v *= w);
-                                }
-                                out.n_past = mtmd.decode_image(
-                                    &mut self.ctx,
-                                    &chunk,
-                                    &mut rows,
-                                    out.n_past,
-                                    seq,
-                                )?;
-                            }
-                            ChunkKind::Text => {
-                                self.rows
-                                    .append_rows(chunk.tokens(), 1.0, width, &mut pending)?
-                            }
-                            ChunkKind::Audio => {
-                                return Err(EngineError::InvalidRequest(
-                                    "audio input is not supported".into(),
-                                ))
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if pending.is_empty() {
-            return Err(EngineError::InvalidRequest(
-                "the prompt must end with text".into(),
-            ));
-        }
-        self.decode_rows(&pending, &mut out.n_past, seq, true)?;
-        out.total = start.elapsed();
-        Ok(out)
+        let units = prompt_units(prompt, weights);
+        self.prefill_from(prompt, weights, seq, &units, 0)
     }
 
     /// Prefills `prompt` the way llama.cpp itself does (token ids for text,
@@ -266,6 +192,7 @@ impl<'m> Runtime<'m> {
             n_past,
             image_encode: Duration::ZERO,
             total: start.elapsed(),
+            image_cache_hits: 0,
         })
     }
 }
@@ -295,8 +222,4 @@ pub(super) fn decode_tokens(
         ctx.decode(&batch)?;
     }
     Ok(())
-}
-
-fn no_projector() -> EngineError {
-    EngineError::InvalidRequest("this model has no vision projector".into())
 }

@@ -11,7 +11,7 @@ use crate::llama::{Batch, Model, ModelParams, Sampler, Token};
 
 use super::decoding::{Decoding, Emitted, GenerateOptions, Step};
 use super::dms_stage::{pick_scheduler, UnimodalPrompts};
-use super::prompt_cache::{common_prefix, positions, Unit};
+use super::prompt_cache::{common_prefix, positions, prompt_units, Unit};
 use super::runtime::Prefill;
 use super::stats::Outcome;
 use super::{
@@ -38,14 +38,13 @@ pub(super) fn run(
         }
     };
     // Each of the `parallel` requests gets the configured window; one more window's worth of
-    // cells and a few more sequences are kept for the DMS signal passes.
+    // cells and a few more sequences are kept for the DMS signal passes, so that they never
+    // touch the memory the slots keep for their next requests.
     let parallel = config.parallel.max(1);
     let slot_ctx = config.runtime.context.n_ctx as usize;
     let mut runtime_config = config.runtime.clone();
-    if parallel > 1 {
-        runtime_config.context.n_ctx = (slot_ctx * (parallel + 1)) as u32;
-        runtime_config.context.n_seq_max += parallel as u32 - 1;
-    }
+    runtime_config.context.n_ctx = (slot_ctx * (parallel + 1)) as u32;
+    runtime_config.context.n_seq_max += parallel as u32 - 1;
     let mut rt = match Runtime::new(&model, config.mmproj.as_deref(), &runtime_config) {
         Ok(mut rt) => {
             rt.slot_ctx = slot_ctx.min(rt.context().n_ctx());
@@ -134,14 +133,39 @@ pub(super) fn run(
     }
 }
 
+/// The free slot for a prompt of `units`, and how many of its units that slot already holds:
+/// the slot with the longest common prefix, unless that would overwrite most of another
+/// conversation's memory for a short shared prefix (the template's first tokens) while an empty
+/// slot is free.
+fn choose_slot(
+    free: &[usize],
+    slot_units: &[Vec<Unit>],
+    units: &[Unit],
+) -> Result<(usize, usize), EngineError> {
+    let shared = |i: usize| common_prefix(&slot_units[i], units);
+    let mut best = free
+        .iter()
+        .copied()
+        .max_by_key(|&i| (shared(i), usize::MAX - i))
+        .ok_or_else(|| EngineError::Internal("no free slot".into()))?;
+    if 2 * shared(best) < slot_units[best].len() {
+        best = free
+            .iter()
+            .copied()
+            .find(|&i| slot_units[i].is_empty())
+            .unwrap_or(best);
+    }
+    Ok((best, shared(best)))
+}
+
 /// A request being generated.
 struct Slot {
     decoding: Decoding,
     events: tmpsc::UnboundedSender<Event>,
     /// The sampled token still to be decoded.
     pending: Token,
-    /// What the sequence holds (prompt, then decoded tokens) when it can be reused.
-    units: Option<Vec<Unit>>,
+    /// What the sequence holds (prompt, then decoded tokens), for the next request's reuse.
+    units: Vec<Unit>,
     prompt_tokens: usize,
     /// Prompt positions reused from the previous request of this slot.
     cached_tokens: usize,
@@ -239,49 +263,9 @@ fn start(
         Some(text) => Prompt::raw(rt.model(), text)?,
         None => Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?,
     };
-    let mut units = None;
-    let mut cached_tokens = 0;
-    let (seq, prefill, dms) = match pick_scheduler(&config.schedulers, &request.dms)? {
-        None => {
-            // Take the free slot whose sequence already holds the longest prefix, and continue
-            // from there; but do not overwrite most of another conversation's memory for a
-            // short shared prefix (the template's first tokens) while an empty slot is free.
-            let new_units = rt.reference_units(&prompt, &images)?;
-            let free = place.free;
-            let mut best = free
-                .iter()
-                .copied()
-                .max_by_key(|&i| (common_prefix(&slot_units[i], &new_units), usize::MAX - i))
-                .ok_or_else(|| EngineError::Internal("no free slot".into()))?;
-            if 2 * common_prefix(&slot_units[best], &new_units) < slot_units[best].len() {
-                best = free
-                    .iter()
-                    .copied()
-                    .find(|&i| slot_units[i].is_empty())
-                    .unwrap_or(best);
-            }
-            let seq = best as i32;
-            place.chosen = Some(seq);
-            let keep =
-                common_prefix(&slot_units[best], &new_units).min(new_units.len().saturating_sub(1));
-            slot_units[seq as usize].clear();
-            let prefill = rt.prefill_reference_from(&prompt, seq, &new_units, keep)?;
-            cached_tokens = positions(&new_units[..keep]);
-            units = Some(new_units);
-            (seq, prefill, off_report(images.len()))
-        }
+    let dms = match pick_scheduler(&config.schedulers, &request.dms)? {
+        None => off_report(images.len()),
         Some(scheduler) => {
-            // Weighted rows are never reused: prefer a slot that holds nothing worth keeping.
-            let free = place.free;
-            let slot = free
-                .iter()
-                .copied()
-                .find(|&i| slot_units[i].is_empty())
-                .or(free.first().copied());
-            let seq = slot.ok_or_else(|| EngineError::Internal("no free slot".into()))? as i32;
-            place.chosen = Some(seq);
-            rt.context().remove_seq(seq, -1, -1);
-            slot_units[seq as usize].clear();
             let unimodal = (scheduler.needs_signals() && !images.is_empty())
                 .then(|| unimodal_prompts(rt, &request.messages, &images))
                 .transpose()?;
@@ -294,19 +278,23 @@ fn start(
                     ContentPart::Text(_) => None,
                 })
                 .collect();
-            let stage = rt.dms_stage(
+            rt.dms_stage(
                 &prompt,
                 unimodal.as_ref(),
                 &bytes,
                 &*scheduler,
                 &request.dms,
                 cache,
-            )?;
-            let prefill =
-                rt.prefill_weighted_encoded(&prompt, &stage.report.weights, seq, &stage.encoded)?;
-            (seq, prefill, stage.report)
+            )?
         }
     };
+    let units = prompt_units(&prompt, &dms.weights);
+    let (slot, keep) = choose_slot(place.free, slot_units, &units)?;
+    let seq = slot as i32;
+    place.chosen = Some(seq);
+    slot_units[slot].clear();
+    let prefill = rt.prefill_from(&prompt, &dms.weights, seq, &units, keep)?;
+    let cached_tokens = positions(&units[..keep.min(units.len().saturating_sub(1))]);
     let mut sampling = request.sampling.clone();
     if let Some(format) = &request.response_format {
         sampling.grammar = Some(format.grammar()?);
@@ -385,9 +373,7 @@ fn step_all(
             continue;
         };
         slot.decoding.n_past += 1;
-        if let Some(units) = &mut slot.units {
-            units.push(Unit::Token(slot.pending));
-        }
+        slot.units.push(Unit::Token(slot.pending));
         let step = rt.step(&mut slot.decoding, row as i32, &mut emitter(&slot.events));
         match step {
             Ok(Step::Next(token)) => {
@@ -403,17 +389,17 @@ fn step_all(
 /// Ends a request normally (or as cancelled) and frees its sequence.
 fn finish(
     rt: &mut Runtime<'_>,
-    slot: Slot,
+    mut slot: Slot,
     reason: FinishReason,
     stats: &EngineStats,
     slot_units: &mut [Vec<Unit>],
 ) {
-    // A finished unweighted request leaves its KV for the next one on this slot.
-    match (&slot.units, reason) {
-        (Some(units), FinishReason::Stop | FinishReason::Length) => {
-            slot_units[slot.decoding.seq as usize] = units.clone()
+    // A finished request leaves its KV for the next one on this slot.
+    match reason {
+        FinishReason::Stop | FinishReason::Length => {
+            slot_units[slot.decoding.seq as usize] = std::mem::take(&mut slot.units)
         }
-        _ => {
+        FinishReason::Cancelled => {
             rt.context().remove_seq(slot.decoding.seq, -1, -1);
             slot_units[slot.decoding.seq as usize].clear();
         }
@@ -433,6 +419,7 @@ fn finish(
         },
         timings: Timings {
             image_encode_ms: ms(slot.prefill.image_encode),
+            image_cache_hits: slot.prefill.image_cache_hits,
             prefill_ms: ms(slot.prefill.total.saturating_sub(slot.prefill.image_encode)),
             decode_ms: ms(generation.decode),
         },

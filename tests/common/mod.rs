@@ -93,7 +93,7 @@ pub fn test_config(n_ctx: u32, n_seq: u32) -> RuntimeConfig {
             n_seq_max: n_seq,
             hidden_states: true,
         },
-        mtmd_use_gpu: false,
+        ..RuntimeConfig::default()
     }
 }
 
