@@ -409,10 +409,7 @@ impl Runtime<'_> {
         let mut outputs = Vec::with_capacity(bodies.len());
         for (g, chunk) in bodies.chunks(group).enumerate() {
             let seqs: Vec<i32> = (base..base + chunk.len() as i32).collect();
-            let mut pos = 0;
-            if n_prefix > 0 {
-                self.decode_rows(prefix, &mut pos, base, false)?;
-            }
+            let pos = self.pass_prefix_in_kv(prefix)?;
             for &s in &seqs[1..] {
                 self.ctx.copy_seq(base, s, -1, -1);
             }
@@ -480,12 +477,39 @@ impl Runtime<'_> {
                         .collect(),
                 );
             }
-            for &s in &seqs {
+            // The prefix stays on the first sequence for the next passes (often the next
+            // request's too: the same system prompt).
+            self.ctx.remove_seq(base, pos, -1);
+            for &s in &seqs[1..] {
                 self.ctx.remove_seq(s, -1, -1);
             }
             outputs.extend(pass_out);
         }
         Ok(outputs)
+    }
+}
+
+impl Runtime<'_> {
+    /// Makes the first signal sequence hold exactly `prefix` (reusing it when it already does)
+    /// and returns the next position.
+    fn pass_prefix_in_kv(&mut self, prefix: &[f32]) -> Result<i32, EngineError> {
+        let base = self.signal_seq_base;
+        let n_prefix = (prefix.len() / self.model().n_embd_inp()) as i32;
+        let mut h = DefaultHasher::new();
+        prefix.iter().for_each(|v| v.to_bits().hash(&mut h));
+        let key = (h.finish(), n_prefix);
+        if self.pass_prefix == Some(key) {
+            self.ctx.remove_seq(base, n_prefix, -1);
+            return Ok(n_prefix);
+        }
+        self.pass_prefix = None;
+        self.ctx.remove_seq(base, -1, -1);
+        let mut pos = 0;
+        if n_prefix > 0 {
+            self.decode_rows(prefix, &mut pos, base, false)?;
+        }
+        self.pass_prefix = Some(key);
+        Ok(pos)
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Runtime<'m> {
     pub(super) signal_seq_base: i32,
     /// Projected image rows by image chunk key.
     pub(super) embeddings: Lru<Vec<f32>>,
+    /// (hash, rows) of the pass prefix the first signal sequence holds, if any.
+    pub(super) pass_prefix: Option<(u64, i32)>,
 }
 
 impl<'m> Runtime<'m> {
@@ -96,6 +98,7 @@ impl<'m> Runtime<'m> {
             slot_ctx,
             signal_seq_base: 1,
             embeddings: Lru::new(config.image_cache_bytes),
+            pass_prefix: None,
         })
     }
 
@@ -104,8 +107,10 @@ impl<'m> Runtime<'m> {
         self.model
     }
 
-    /// The context (for direct decoding in tests and the DMS stage).
+    /// The context, for direct decoding (tests, examples). The caller may change any
+    /// sequence, so the signal passes forget the prefix they kept.
     pub fn context(&mut self) -> &mut Context<'m> {
+        self.pass_prefix = None;
         &mut self.ctx
     }
 

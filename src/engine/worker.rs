@@ -47,7 +47,7 @@ pub(super) fn run(
     runtime_config.context.n_seq_max += parallel as u32 - 1;
     let mut rt = match Runtime::new(&model, config.mmproj.as_deref(), &runtime_config) {
         Ok(mut rt) => {
-            rt.slot_ctx = slot_ctx.min(rt.context().n_ctx());
+            rt.slot_ctx = slot_ctx.min(rt.ctx.n_ctx());
             rt.signal_seq_base = parallel as i32;
             rt
         }
@@ -351,7 +351,7 @@ fn step_all(
             tracing::error!("batch: {e}");
         }
     }
-    if let Err(e) = rt.context().decode(batch) {
+    if let Err(e) = rt.ctx.decode(batch) {
         tracing::error!("batched decode failed: {e}");
         for &i in &active {
             if let Some(slot) = slots[i].take() {
@@ -400,7 +400,7 @@ fn finish(
             slot_units[slot.decoding.seq as usize] = std::mem::take(&mut slot.units)
         }
         FinishReason::Cancelled => {
-            rt.context().remove_seq(slot.decoding.seq, -1, -1);
+            rt.ctx.remove_seq(slot.decoding.seq, -1, -1);
             slot_units[slot.decoding.seq as usize].clear();
         }
     }
@@ -442,7 +442,7 @@ fn end_with_error(
     stats: &EngineStats,
     slot_units: &mut [Vec<Unit>],
 ) {
-    rt.context().remove_seq(seq, -1, -1);
+    rt.ctx.remove_seq(seq, -1, -1);
     slot_units[seq as usize].clear();
     stats.finished(Outcome::Failed, 0, None);
     let _ = events.send(Event::Error(error));
