@@ -9,5 +9,6 @@ pub mod api;
 pub mod cli;
 pub mod dms;
 pub mod engine;
+pub mod eval;
 pub mod llama;
 pub mod models;

@@ -2,6 +2,7 @@
 //!
 //! Every flag can also come from a `LLAMA_DMS_*` environment variable (shown in `--help`).
 
+mod eval;
 mod run;
 mod serve;
 mod train;
@@ -17,6 +18,7 @@ use crate::engine::{EngineConfig, EngineError};
 use crate::llama::{default_threads, ContextParams, LlamaError};
 use crate::models::{self, demo};
 
+pub use eval::{EvalArgs, Suite};
 pub use run::{describe_dms, DmsArgs, DmsModeArg, RunArgs};
 pub use serve::ServeArgs;
 pub use train::TrainArgs;
@@ -44,6 +46,8 @@ pub enum Command {
     /// Create model files.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Measure accuracy, weights and signals on a generated suite under each DMS mode.
+    Eval(Box<EvalArgs>),
     /// Fit the learned DMS scheduler to per-example grid scores (JSONL, see plugins/README.md).
     TrainScheduler(TrainArgs),
 }
@@ -184,6 +188,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run::run_once(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::TrainScheduler(args) => train::train_scheduler(&args),
+        Command::Eval(args) => eval::eval(&args),
         Command::Models(ModelsCommand::Tiny { out, seed }) => {
             match models::tiny::write_tiny_models(&out, seed) {
                 Ok(paths) => {
