@@ -392,6 +392,73 @@ async fn health_is_503_while_loading() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let (s, v, _) = post_chat(&app, Some(chat(json!("hi"), json!({}))), None).await;
     assert_error(s, &v, StatusCode::SERVICE_UNAVAILABLE, "loading");
+    let (s, v, _) = call(&app, "GET", "/v1/dms/schedulers", None, None).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "schedulers while loading",
+    );
+    let (s, _, _) = call(&app, "GET", "/", None, None).await;
+    assert_eq!(s, StatusCode::OK, "the page answers while the model loads");
+}
+
+#[tokio::test]
+async fn schedulers_list_needs_the_key_and_names_kinds() {
+    let app = app_with(engine(4), &["secret-1"]);
+    let (s, v, _) = call(&app, "GET", "/v1/dms/schedulers", None, None).await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "schedulers without a key");
+    let (s, v, _) = call(&app, "GET", "/v1/dms/schedulers", None, Some("secret-1")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "list");
+    let kinds: Vec<(String, String)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_string(),
+                e["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("rule-default".into(), "rule".into())),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|(id, _)| id == "off"), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn the_web_page_is_public_with_content_types() {
+    let app = app_with(engine(4), &["secret-1"]);
+    for (path, content_type, needle) in [
+        ("/", "text/html", "app.js"),
+        ("/index.html", "text/html", "style.css"),
+        ("/app.js", "text/javascript", "/v1/chat/completions"),
+        ("/style.css", "text/css", "prefers-color-scheme"),
+    ] {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path} without a key");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        assert_eq!(header("cache-control"), "no-cache", "{path}");
+        assert!(
+            header("content-security-policy").contains("script-src 'self'"),
+            "{path}"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains(needle), "{path} lacks {needle}");
+    }
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ pub mod error;
 pub mod media;
 pub mod metrics;
 pub mod types;
+pub mod web;
 
 use std::sync::{Arc, OnceLock};
 
@@ -98,6 +99,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/completions", post(completions))
         .route("/models", get(list_models))
         .route("/models/{id}", get(get_model))
+        .route("/dms/schedulers", get(list_schedulers))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -110,6 +112,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         ))
         .nest("/v1", v1)
         .route("/health", get(health))
+        .merge(web::routes())
         .fallback(|| async { ApiError::not_found("unknown route") })
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -302,6 +305,23 @@ async fn get_model(
         return Err(ApiError::not_found(format!("model {id:?} not found")));
     }
     Ok(axum::Json(card).into_response())
+}
+
+/// `GET /v1/dms/schedulers`: the schedulers a request's `dms.scheduler` may name, with their
+/// kind (`rule`, `learned`, `script`, `off`, ...).
+async fn list_schedulers(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let registry = state.engine()?.schedulers();
+    let data: Vec<_> = registry
+        .names()
+        .into_iter()
+        .map(|name| {
+            let kind = registry
+                .get(&name)
+                .map_or_else(|| "custom".to_string(), |s| s.kind().to_string());
+            json!({"id": name, "object": "dms.scheduler", "kind": kind})
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -280,6 +280,7 @@ pub struct EngineHandle {
     jobs: mpsc::SyncSender<Job>,
     info: Arc<ModelInfo>,
     stats: Arc<EngineStats>,
+    schedulers: Arc<crate::dms::Registry>,
 }
 
 impl EngineHandle {
@@ -289,6 +290,7 @@ impl EngineHandle {
         let (ready_tx, ready_rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let worker_stats = Arc::clone(&stats);
+        let schedulers = Arc::clone(&config.schedulers);
         std::thread::Builder::new()
             .name("llama-dms-engine".into())
             .spawn(move || worker::run(config, queue, ready_tx, &worker_stats))
@@ -298,6 +300,7 @@ impl EngineHandle {
             jobs,
             info: Arc::new(info),
             stats,
+            schedulers,
         })
     }
 
@@ -309,6 +312,11 @@ impl EngineHandle {
     /// The loaded model.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The DMS schedulers requests may name.
+    pub fn schedulers(&self) -> &crate::dms::Registry {
+        &self.schedulers
     }
 
     /// Queues a request; fails at once with [`EngineError::QueueFull`] when the queue is full.
