@@ -291,3 +291,54 @@ fn fixed_weights_are_applied_and_bad_ones_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_scored_answer_has_the_log_likelihood_that_generation_reported() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let engine = engine(&paths, 8);
+    let weights = llama_dms::engine::ModalityWeights {
+        images: vec![0.8],
+        text: 1.2,
+    };
+    let mut greedy = request(
+        noisy_png([200, 30, 30], 5.0, 3),
+        QUESTION,
+        DmsSettings::fixed(weights),
+    );
+    greedy.top_logprobs = Some(0);
+    let mut events = engine.submit(greedy.clone()).unwrap();
+    let (mut text, mut sum) = (String::new(), 0.0f64);
+    loop {
+        match events.blocking_recv().unwrap() {
+            Event::Text(t) => text.push_str(&t),
+            Event::Logprob(lp) => sum += f64::from(lp.logprob),
+            Event::Done(_) => break,
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    let score = |text: &str| {
+        let mut scored = greedy.clone();
+        scored.score = Some(text.into());
+        let mut events = engine.submit(scored).unwrap();
+        loop {
+            match events.blocking_recv().unwrap() {
+                Event::Done(d) => {
+                    assert_eq!(d.usage.completion_tokens, 0, "nothing is generated");
+                    return d.score.expect("a score");
+                }
+                Event::Error(e) => panic!("{e}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let loglik = score(&text);
+    assert!(
+        (loglik - sum).abs() < 1e-3 * sum.abs().max(1.0),
+        "scored {loglik} vs generated {sum} for {text:?}"
+    );
+    let wrong = text.replace("red", "blue");
+    assert_ne!(wrong, text, "the demo names red: {text:?}");
+    assert!(score(&wrong) < loglik, "another colour is less likely");
+}

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::dms::log_softmax;
 use crate::llama::{Batch, Sampler, Token};
 
 use super::runtime::Runtime;
@@ -113,6 +114,52 @@ pub enum Step {
 }
 
 impl Runtime<'_> {
+    /// Log-likelihood of `tokens` following the prompt that sequence `seq` holds up to
+    /// `n_past` (its logits from the last decode): the tokens are decoded (teacher forcing)
+    /// and their log-probabilities summed. Returns the sum and the new `n_past`.
+    pub fn score_continuation(
+        &mut self,
+        seq: i32,
+        n_past: i32,
+        tokens: &[Token],
+    ) -> Result<(f64, i32), EngineError> {
+        let Some((&first, _)) = tokens.split_first() else {
+            return Err(EngineError::InvalidRequest("nothing to score".into()));
+        };
+        if n_past as usize + tokens.len() > self.slot_ctx {
+            return Err(crate::llama::LlamaError::ContextFull {
+                needed: n_past as usize + tokens.len(),
+                n_ctx: self.slot_ctx,
+            }
+            .into());
+        }
+        let logprob = |logits: &[f32], t: Token| {
+            f64::from(
+                log_softmax(logits)
+                    .get(t as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY),
+            )
+        };
+        let mut total = logprob(self.ctx.logits(-1)?, first);
+        let mut pos = n_past;
+        let fed = &tokens[..tokens.len() - 1];
+        let per_batch = self.ctx.n_batch().max(1);
+        let mut batch = Batch::tokens(per_batch.min(fed.len().max(1)));
+        for (k, block) in fed.chunks(per_batch).enumerate() {
+            batch.clear();
+            for &t in block {
+                batch.push_token(t, pos, seq, true)?;
+                pos += 1;
+            }
+            self.ctx.decode(&batch)?;
+            for i in 0..block.len() {
+                total += logprob(self.ctx.logits(i as i32)?, tokens[k * per_batch + i + 1]);
+            }
+        }
+        Ok((total, pos))
+    }
+
     /// Samples the next token of `d` from output row `idx` of the last decode, emits its text
     /// (and log-probabilities), and says whether to go on. `emit` returns false to cancel.
     pub fn step(

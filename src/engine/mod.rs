@@ -92,6 +92,9 @@ pub struct GenerateRequest {
     /// A raw text prompt used instead of `messages` (no chat template; control-token text is
     /// parsed, as in llama.cpp's completion endpoint).
     pub raw_prompt: Option<String>,
+    /// Score this text as the answer instead of generating one: nothing is sampled, and
+    /// [`Done::score`] holds its log-likelihood given the (weighted) prompt.
+    pub score: Option<String>,
 }
 
 /// Structured-output constraint, turned into a llama.cpp grammar.
@@ -127,6 +130,7 @@ impl GenerateRequest {
             response_format: None,
             top_logprobs: None,
             raw_prompt: None,
+            score: None,
         }
     }
 }
@@ -178,6 +182,8 @@ pub struct Done {
     pub timings: Timings,
     /// What the DMS stage decided (weights, signals, scheduler, timings).
     pub dms: DmsReport,
+    /// Log-likelihood of [`GenerateRequest::score`]'s text (natural log), when it was asked for.
+    pub score: Option<f64>,
 }
 
 /// What the engine sends back for a request.

@@ -171,6 +171,8 @@ struct Slot {
     cached_tokens: usize,
     prefill: Prefill,
     dms: DmsReport,
+    /// Log-likelihood of the scored text (scoring requests only).
+    score: Option<f64>,
 }
 
 /// Forwards generated text and log-probabilities to a request's event channel.
@@ -305,9 +307,8 @@ fn start(
         stops: &request.stop,
         top_logprobs: request.top_logprobs,
     };
-    let mut decoding = Decoding::new(seq, prefill.n_past, rt.slot_ctx, sampler, &options);
-    let step = rt.step(&mut decoding, -1, &mut emitter(&job.events))?;
-    let slot = Slot {
+    let decoding = Decoding::new(seq, prefill.n_past, rt.slot_ctx, sampler, &options);
+    let mut slot = Slot {
         decoding,
         events: job.events.clone(),
         pending: 0,
@@ -316,7 +317,20 @@ fn start(
         cached_tokens,
         prefill,
         dms,
+        score: None,
     };
+    if let Some(text) = &request.score {
+        // Teacher-force the text instead of generating; the sequence then holds it too.
+        let tokens = rt.model().tokenize(text, false, false)?;
+        let (loglik, n_past) = rt.score_continuation(seq, slot.decoding.n_past, &tokens)?;
+        slot.decoding.n_past = n_past;
+        slot.units
+            .extend(tokens[..tokens.len() - 1].iter().map(|&t| Unit::Token(t)));
+        slot.score = Some(loglik);
+        finish(rt, slot, FinishReason::Stop, stats, slot_units);
+        return Ok(Started::Ended);
+    }
+    let step = rt.step(&mut slot.decoding, -1, &mut emitter(&job.events))?;
     match step {
         Step::Next(token) => Ok(Started::Running(Box::new(Slot {
             pending: token,
@@ -424,6 +438,7 @@ fn finish(
             decode_ms: ms(generation.decode),
         },
         dms: slot.dms,
+        score: slot.score,
     };
     stats.finished(
         Outcome::Completed,
