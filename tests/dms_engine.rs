@@ -321,16 +321,13 @@ fn a_scored_answer_has_the_log_likelihood_that_generation_reported() {
     let score = |text: &str| {
         let mut scored = greedy.clone();
         scored.score = Some(text.into());
-        let mut events = engine.submit(scored).unwrap();
-        loop {
-            match events.blocking_recv().unwrap() {
-                Event::Done(d) => {
-                    assert_eq!(d.usage.completion_tokens, 0, "nothing is generated");
-                    return d.score.expect("a score");
-                }
-                Event::Error(e) => panic!("{e}"),
-                other => panic!("unexpected {other:?}"),
+        // A scoring request sends nothing but its final event.
+        match engine.submit(scored).unwrap().blocking_recv().unwrap() {
+            Event::Done(d) => {
+                assert_eq!(d.usage.completion_tokens, 0, "nothing is generated");
+                d.score.expect("a score")
             }
+            other => panic!("unexpected {other:?}"),
         }
     };
     let loglik = score(&text);
