@@ -185,7 +185,7 @@
     });
     s = s
       .replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>")
-      .replace(/__([^_\n]+)__/g, "<strong>$1</strong>")
+      .replace(/(^|[^\w])__([^_\s][^_\n]*?)__(?!\w)/g, "$1<strong>$2</strong>")
       .replace(/(^|[^*\w])\*([^*\s][^*\n]*?)\*(?!\w)/g, "$1<em>$2</em>")
       .replace(/(^|[^_\w])_([^_\s][^_\n]*?)_(?!\w)/g, "$1<em>$2</em>");
     s = s.replace(/\u0001(\d+)\u0001/g, (_, i) => links[Number(i)]);
@@ -676,7 +676,11 @@
       make("span", "chip", dms.scheduler || dms.mode || "dms"),
       make("span", "chip subtle", `DMS ${fmtMs(dms.timings_ms && dms.timings_ms.total_ms)}`),
     );
-    if (dms.image_cache_hits) info.append(make("span", "chip subtle", `${dms.image_cache_hits} cached`));
+    if (dms.image_cache_hits) {
+      const cached = make("span", "chip subtle", "signals cached");
+      cached.title = `The signals of ${dms.image_cache_hits} image(s) came from the server's cache.`;
+      info.append(cached);
+    }
     head.append(title, info);
     panel.append(head);
 
@@ -950,14 +954,7 @@
         if (done) break;
       }
     }
-    if (buffer.startsWith("data:")) handle(buffer.slice(5).trim());
-    if (done) {
-      try {
-        await reader.cancel();
-      } catch (_) {
-        /* already closed */
-      }
-    }
+    if (!done && buffer.startsWith("data:")) handle(buffer.slice(5).trim());
   }
 
   function stop() {
