@@ -227,6 +227,40 @@ try {
     await page.keyboard.press("Escape");
   }
 
+  // ---- fixed mode: the sliders' weights go to every image of the conversation
+  await page.click("#open-settings");
+  await page.selectOption("#dms-mode", "fixed");
+  for (const [id, value] of [["#w-image", "0.5"], ["#w-text", "1.5"]]) {
+    await page.$eval(
+      id,
+      (range, v) => {
+        range.value = v;
+        range.dispatchEvent(new Event("input", { bubbles: true }));
+      },
+      value,
+    );
+  }
+  check((await page.textContent("#w-image-out")) === "0.50", "the image slider shows its value");
+  await page.keyboard.press("Escape");
+  const fixedPromise = page.waitForResponse((r) => r.url().endsWith("/v1/chat/completions"));
+  await page.fill("#prompt", "And with fixed weights?");
+  await page.keyboard.press("Enter");
+  const fixedRequest = JSON.parse((await fixedPromise).request().postData());
+  await lastReplyDone();
+  check(
+    JSON.stringify(fixedRequest.dms) === JSON.stringify({ mode: "fixed", weights: { images: [0.5], text: 1.5 } }),
+    `fixed mode sends one image weight per image of the conversation: ${JSON.stringify(fixedRequest.dms)}`,
+  );
+  const fixedBars = await page.$$eval(".msg.assistant:last-child .bar-value", (vs) => vs.map((v) => v.textContent));
+  check(JSON.stringify(fixedBars) === '["0.50","1.50"]', `the fixed weights are shown (${fixedBars.join(", ")})`);
+  check(
+    (await page.$$(".msg.assistant:last-child .bar-row.image.down .badge")).length === 1,
+    "the image at 0.50 is marked down-weighted",
+  );
+  await page.click("#open-settings");
+  await page.selectOption("#dms-mode", "rule");
+  await page.keyboard.press("Escape");
+
   // ---- Stop aborts a long generation; the partial reply stays
   await page.click("#open-settings");
   await page.fill("#max-tokens", "2000");
