@@ -1,7 +1,9 @@
 // Browser test of the web chat page: headless Debian Chromium driven by playwright-core.
 //
-//   node tests/web/chat.mjs <server base URL without /v1> <screenshot dir>
+//   node tests/web/chat.mjs <server base URL without /v1> <screenshot dir> [<keyed base URL> <key>]
 //
+// The optional second server runs with `--api-key <key>`: the page asks for the key and then
+// sends it as a Bearer token.
 // playwright-core is resolved from NODE_PATH (tests/web.rs points it at the node_modules that
 // scripts/deps installs). Exits 0 when every check passes, 1 with the failed check otherwise.
 import { createRequire } from "node:module";
@@ -12,7 +14,7 @@ import { fileURLToPath } from "node:url";
 const require = createRequire(import.meta.url);
 const { chromium } = require("playwright-core");
 
-const [base, outDir] = process.argv.slice(2);
+const [base, outDir, keyedBase, apiKey] = process.argv.slice(2);
 if (!base || !outDir) {
   console.error("usage: node tests/web/chat.mjs <base url> <screenshot dir>");
   process.exit(2);
@@ -385,6 +387,36 @@ try {
 
   check(pageErrors.length === 0, `no script errors on the page ${pageErrors.join("; ")}`);
   await context.close();
+
+  // ---- a server with an API key: the page asks for it, keeps it in the browser, sends it
+  if (keyedBase) {
+    const keyed = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const kp = await keyed.newPage();
+    await kp.goto(`${keyedBase}/`);
+    await kp.waitForSelector('#status-dot[data-state="warn"]', { timeout: 15000 });
+    check(/API key/.test(await kp.textContent("#banner")), "a keyed server: the page asks for the API key");
+    await kp.click("#open-settings");
+    await kp.fill("#api-key", apiKey);
+    await kp.keyboard.press("Escape");
+    await kp.waitForSelector('#status-dot[data-state="ok"]');
+    check(await kp.isHidden("#banner"), "with the key the model loads and the message goes away");
+    const sent = kp.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
+    await kp.fill("#prompt", "Hello");
+    await kp.keyboard.press("Enter");
+    const auth = (await sent).headers()["authorization"];
+    check(auth === `Bearer ${apiKey}`, "chat requests carry Authorization: Bearer <key>");
+    await kp.waitForFunction(() => !window.llamaDms.conversation.messages.at(-1).streaming, null, {
+      timeout: 45000,
+    });
+    const last = (await kp.evaluate(() => window.llamaDms.conversation)).messages.at(-1);
+    check(!last.error, `the keyed request is answered ${last.error || ""}`);
+    check(
+      (await kp.evaluate(() => document.cookie)) === "" &&
+        (await kp.evaluate(() => JSON.parse(localStorage.getItem("llama-dms.settings.v1")).apiKey)) === apiKey,
+      "the key is kept in localStorage only (no cookie)",
+    );
+    await keyed.close();
+  }
 } catch (e) {
   failed = true;
   console.error(e && e.stack ? e.stack : e);
