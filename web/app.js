@@ -447,8 +447,13 @@
     settings.apiKey = el.apiKey.value.trim();
     saveSettings();
     syncSettingsView();
-    if (settings.apiKey !== oldKey && serverReady) loadModelAndSchedulers();
+    if (settings.apiKey !== oldKey) {
+      clearTimeout(keyTimer);
+      keyTimer = setTimeout(() => serverReady && loadModelAndSchedulers(), 300);
+    }
   }
+
+  let keyTimer = null;
 
   let lastFocus = null;
 

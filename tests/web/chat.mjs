@@ -385,6 +385,27 @@ try {
   await page.waitForSelector("#empty:not([hidden])");
   check((await conversation()).messages.length === 0, "and the stored conversation");
 
+  // ---- a full localStorage: the page warns and keeps working
+  await page.evaluate(() => {
+    for (let size = 1 << 20, n = 0; size > 64; ) {
+      try {
+        localStorage.setItem(`filler${n++}`, "x".repeat(size));
+      } catch (_) {
+        size >>= 1;
+      }
+    }
+  });
+  await page.setInputFiles("#file-input", redPng);
+  await page.fill("#prompt", "What is the main color of this image?");
+  await page.keyboard.press("Enter");
+  await lastReplyDone();
+  check(/storage/.test(await page.textContent("#banner")), "a full localStorage shows a warning");
+  check(
+    (await conversation()).messages.at(-1).dms !== undefined,
+    "and the reply still streams with its DMS panel",
+  );
+  await page.evaluate(() => localStorage.clear());
+
   check(pageErrors.length === 0, `no script errors on the page ${pageErrors.join("; ")}`);
   await context.close();
 
