@@ -1,28 +1,20 @@
 //! `llama-dms eval` on the demo model: a small colour-grid run writes every output with every
-//! field, and `--resume` answers nothing twice.
+//! field, `--resume` answers nothing twice, and `--grid-out` writes training data that
+//! `train-scheduler` turns into a plugin the engine loads.
 
 mod common;
 
 use std::process::Command;
 
+use llama_dms::eval::dataset::{colour_grid, CONDITIONS};
+use llama_dms::eval::grid::IMAGE_WEIGHTS;
+use llama_dms::models::demo::DemoPaths;
 use serde_json::Value;
 
-fn eval(
-    out: &std::path::Path,
-    paths: &llama_dms::models::demo::DemoPaths,
-    extra: &[&str],
-) -> std::process::Output {
+fn eval(out: &std::path::Path, paths: &DemoPaths, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_llama-dms"))
-        .args([
-            "eval",
-            "--per-condition",
-            "1",
-            "--modes",
-            "off,rule",
-            "--threads",
-            "2",
-        ])
-        .args(["--max-tokens", "8", "--seed", "5"])
+        .args(["eval", "--per-condition", "1", "--modes", "off,rule"])
+        .args(["--threads", "2", "--max-tokens", "8", "--seed", "5"])
         .args(["--model", paths.model.to_str().unwrap()])
         .args(["--mmproj", paths.mmproj.to_str().unwrap()])
         .arg("--out")
@@ -32,6 +24,18 @@ fn eval(
         .unwrap()
 }
 
+fn succeeded(o: &std::process::Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn json_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
     let Some(paths) = common::demo_paths() else {
@@ -39,79 +43,131 @@ fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
     };
     let out = common::scratch().join("eval-small");
     let _ = std::fs::remove_dir_all(&out);
-    let run = eval(&out, &paths, &[]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    succeeded(&eval(&out, &paths, &[]));
 
-    let items = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
-    let outcomes: Vec<Value> = items
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let n_conditions = llama_dms::eval::dataset::CONDITIONS.len();
+    let outcomes = json_lines(&out.join("items.jsonl"));
+    let count = |task: &str| outcomes.iter().filter(|o| o["task"] == task).count();
     assert_eq!(
-        outcomes.len(),
-        n_conditions * 2,
-        "one item per condition and mode"
+        count("vqa"),
+        CONDITIONS.len() * 2,
+        "an item per condition and mode"
     );
+    // Captioning and retrieval use the items with an image of the true colour and a plain or
+    // hinted question: clean twice, four noise levels, blur, occlusion.
+    assert_eq!((count("caption"), count("retrieval")), (8 * 2, 8 * 2));
+    let fields = [
+        "task",
+        "item",
+        "condition",
+        "group",
+        "mode",
+        "truth",
+        "answer",
+        "correct",
+        "weights",
+        "dms_ms",
+    ];
     for o in &outcomes {
-        for field in [
-            "item",
-            "condition",
-            "group",
-            "mode",
-            "truth",
-            "answer",
-            "correct",
-            "weights",
-            "dms_ms",
-        ] {
+        for field in fields {
             assert!(o.get(field).is_some(), "{field} missing in {o}");
         }
     }
-    let clean_off = outcomes
-        .iter()
-        .find(|o| o["condition"] == "clean" && o["mode"] == "off")
-        .unwrap();
+    let find = |task: &str, condition: &str, mode: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["task"] == task && o["condition"] == condition && o["mode"] == mode)
+            .unwrap()
+    };
+    let clean = find("vqa", "clean", "off");
     assert_eq!(
-        clean_off["correct"], true,
-        "the demo names a clean colour: {clean_off}"
+        clean["correct"], true,
+        "the demo names a clean colour: {clean}"
     );
-    let noisy_rule = outcomes
-        .iter()
-        .find(|o| o["condition"] == "noise-2.5+hint" && o["mode"] == "rule")
-        .unwrap();
+    let clean = find("retrieval", "clean", "off");
+    assert_eq!(
+        clean["correct"], true,
+        "the right caption ranks first: {clean}"
+    );
+    let noisy = find("vqa", "noise-2.5+hint", "rule");
     assert!(
-        noisy_rule["signals"].is_object(),
-        "rule measures signals: {noisy_rule}"
+        noisy["signals"].is_object(),
+        "rule measures signals: {noisy}"
     );
 
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["cells"].as_array().unwrap().len(), n_conditions * 2);
-    for cell in summary["cells"].as_array().unwrap() {
-        let acc = cell["accuracy"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&acc));
+    let cells = summary["cells"].as_array().unwrap();
+    // A cell per task, condition and mode; the image tasks count clean once.
+    assert_eq!(cells.len(), CONDITIONS.len() * 2 + 7 * 2 * 2);
+    for cell in cells {
+        assert!((0.0..=1.0).contains(&cell["accuracy"].as_f64().unwrap()));
         assert!(cell["mean_text_weight"].as_f64().unwrap() > 0.0);
     }
-    let groups: Vec<&str> = summary["groups"]
+    let groups: Vec<(&str, &str)> = summary["groups"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| g["group"].as_str().unwrap())
+        .map(|g| (g["task"].as_str().unwrap(), g["group"].as_str().unwrap()))
         .collect();
     for g in ["clean", "corrupted", "conflict"] {
-        assert!(groups.contains(&g), "{g} missing: {groups:?}");
+        assert!(groups.contains(&("vqa", g)), "{g} missing: {groups:?}");
     }
+    let aucs = summary["consistency_auc"].as_array().unwrap();
+    assert_eq!(
+        aucs.len(),
+        2,
+        "hidden and input variants under rule: {aucs:?}"
+    );
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(md.contains("| noise-1.5+hint | rule |"), "{md}");
+    assert!(md.contains("| vqa | noise-1.5+hint | rule |"), "{md}");
 
     // Resuming a finished run answers nothing again and keeps every outcome.
-    let again = eval(&out, &paths, &["--resume"]);
-    assert!(again.status.success());
-    let items_again = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
-    assert_eq!(items_again, items);
+    let before = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
+    succeeded(&eval(&out, &paths, &["--resume"]));
+    let after = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn grid_scores_train_a_scheduler_that_the_engine_loads() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let dir = common::scratch().join("eval-grid");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let grid = dir.join("grid.jsonl");
+    succeeded(&eval(&dir, &paths, &["--grid-out", grid.to_str().unwrap()]));
+    let examples = json_lines(&grid);
+    let with_image = colour_grid(5, 1)
+        .iter()
+        .filter(|i| i.image_png().is_some())
+        .count();
+    assert_eq!(
+        examples.len(),
+        with_image,
+        "an example per item with an image"
+    );
+    for e in &examples {
+        let points = e["grid"].as_array().unwrap();
+        assert_eq!(points.len(), IMAGE_WEIGHTS.len());
+        assert!(points.iter().all(|p| p["loglik"].as_f64().unwrap() < 0.0));
+        assert!(e["signals"]["images"][0]["confidence"].is_number());
+    }
+
+    let plugin = dir.join("learned-test.json");
+    let train = Command::new(env!("CARGO_BIN_EXE_llama-dms"))
+        .args(["train-scheduler", "--epochs", "200", "--data"])
+        .arg(&grid)
+        .arg("--out")
+        .arg(&plugin)
+        .output()
+        .unwrap();
+    succeeded(&train);
+    let registry = llama_dms::dms::Registry::load_dir(&dir).unwrap();
+    assert!(
+        registry.get("learned-test").is_some(),
+        "{:?}",
+        registry.names()
+    );
 }

@@ -30,6 +30,20 @@ pub enum ImageCondition {
     Wrong,
 }
 
+impl ImageCondition {
+    /// A short label: `clean`, `noise-1.0`, `blur-8`, `occlude-0.6`, `missing`, `wrong-image`.
+    pub fn label(&self) -> String {
+        match self {
+            ImageCondition::Clean => "clean".into(),
+            ImageCondition::Noise(s) => format!("noise-{s:.1}"),
+            ImageCondition::Blur(r) => format!("blur-{r}"),
+            ImageCondition::Occlude(f) => format!("occlude-{f}"),
+            ImageCondition::Missing => "missing".into(),
+            ImageCondition::Wrong => "wrong-image".into(),
+        }
+    }
+}
+
 /// What is done to the text of an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

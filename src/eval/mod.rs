@@ -3,14 +3,16 @@
 
 pub mod corrupt;
 pub mod dataset;
+pub mod grid;
 pub mod report;
+pub mod tasks;
 
 use serde::{Deserialize, Serialize};
 
 use crate::dms::{ModalityWeights, Signals};
 use crate::engine::{
-    ContentPart, DmsMode, DmsSettings, EngineError, EngineHandle, Event, GenerateRequest, Message,
-    Role,
+    ContentPart, DmsMode, DmsSettings, Done, EngineError, EngineHandle, Event, GenerateRequest,
+    Message, Role,
 };
 use crate::llama::SamplerParams;
 use crate::models::colour::COLOURS;
@@ -20,9 +22,11 @@ use dataset::{Group, Item};
 /// One item answered under one mode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
+    /// Task (`vqa`, `caption` or `retrieval`).
+    pub task: String,
     /// Item id in the suite.
     pub item: usize,
-    /// Condition name.
+    /// Condition name (for captioning and retrieval: the image condition alone).
     pub condition: String,
     /// Condition group (`clean`, `corrupted`, `conflict`).
     pub group: String,
@@ -30,7 +34,7 @@ pub struct Outcome {
     pub mode: String,
     /// The expected colour.
     pub truth: String,
-    /// The model's answer.
+    /// The model's answer (for retrieval: the best-ranked caption).
     pub answer: String,
     /// Whether the first colour named in the answer is the truth.
     pub correct: bool,
@@ -38,6 +42,10 @@ pub struct Outcome {
     pub weights: ModalityWeights,
     /// Signals measured (none for `off` and for requests without an image).
     pub signals: Option<Signals>,
+    /// Image/text consistency of the hidden-state variant, per image (when measured).
+    pub consistency_hidden: Option<Vec<f32>>,
+    /// Image/text consistency of the input-space variant, per image (when measured).
+    pub consistency_input: Option<Vec<f32>>,
     /// Time of the DMS stage in milliseconds.
     pub dms_ms: f64,
 }
@@ -71,6 +79,78 @@ pub fn first_colour(answer: &str) -> Option<&'static str> {
         .map(|(_, w)| w)
 }
 
+/// A greedy request with the image (if any) and then `text`, under `dms`.
+pub fn request(
+    image: Option<Vec<u8>>,
+    text: &str,
+    dms: &DmsSettings,
+    max_tokens: usize,
+) -> GenerateRequest {
+    let mut content: Vec<ContentPart> = image.map(ContentPart::Image).into_iter().collect();
+    content.push(ContentPart::Text(text.into()));
+    let mut request = GenerateRequest::new(vec![Message {
+        role: Role::User,
+        content,
+    }]);
+    request.sampling = SamplerParams::greedy();
+    request.max_tokens = max_tokens;
+    request.dms = dms.clone();
+    request
+}
+
+/// Runs `request` to the end: the generated text and the final report.
+pub fn complete(
+    engine: &EngineHandle,
+    request: GenerateRequest,
+) -> Result<(String, Box<Done>), EngineError> {
+    let mut events = engine.submit(request)?;
+    let mut text = String::new();
+    loop {
+        match events.blocking_recv() {
+            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Logprob(_)) => {}
+            Some(Event::Error(e)) => return Err(e),
+            Some(Event::Done(done)) => return Ok((text, done)),
+            None => return Err(EngineError::Internal("the engine stopped".into())),
+        }
+    }
+}
+
+/// What is known of one answered item besides the engine's report.
+pub struct Answered<'a> {
+    /// Task name.
+    pub task: &'a str,
+    /// The item.
+    pub item: &'a Item,
+    /// Condition name to report.
+    pub condition: &'a str,
+    /// Mode name.
+    pub mode: &'a str,
+    /// The answer (or best caption).
+    pub answer: String,
+}
+
+impl Answered<'_> {
+    /// The outcome, with weights, signals and time from the final report `done`.
+    pub fn outcome(self, done: &Done) -> Outcome {
+        Outcome {
+            task: self.task.into(),
+            item: self.item.id,
+            condition: self.condition.into(),
+            group: group_name(self.item.condition.group).to_string(),
+            mode: self.mode.to_string(),
+            truth: self.item.truth.to_string(),
+            correct: first_colour(&self.answer) == Some(self.item.truth),
+            answer: self.answer,
+            weights: done.dms.weights.clone(),
+            signals: done.dms.signals.clone(),
+            consistency_hidden: done.dms.consistency_hidden.clone(),
+            consistency_input: done.dms.consistency_input.clone(),
+            dms_ms: done.dms.timings_ms.total_ms,
+        }
+    }
+}
+
 /// Asks `item`'s question under `dms` (greedy, at most `max_tokens`) and scores the answer.
 pub fn answer_item(
     engine: &EngineHandle,
@@ -79,43 +159,16 @@ pub fn answer_item(
     dms: &DmsSettings,
     max_tokens: usize,
 ) -> Result<Outcome, EngineError> {
-    let mut content: Vec<ContentPart> = item
-        .image_png()
-        .map(ContentPart::Image)
-        .into_iter()
-        .collect();
-    content.push(ContentPart::Text(item.text()));
-    let mut request = GenerateRequest::new(vec![Message {
-        role: Role::User,
-        content,
-    }]);
-    request.sampling = SamplerParams::greedy();
-    request.max_tokens = max_tokens;
-    request.dms = dms.clone();
-    let mut events = engine.submit(request)?;
-    let mut answer = String::new();
-    loop {
-        match events.blocking_recv() {
-            Some(Event::Text(t)) => answer.push_str(&t),
-            Some(Event::Logprob(_)) => {}
-            Some(Event::Error(e)) => return Err(e),
-            Some(Event::Done(done)) => {
-                return Ok(Outcome {
-                    item: item.id,
-                    condition: item.condition.name.to_string(),
-                    group: group_name(item.condition.group).to_string(),
-                    mode: mode.to_string(),
-                    truth: item.truth.to_string(),
-                    correct: first_colour(&answer) == Some(item.truth),
-                    answer,
-                    weights: done.dms.weights,
-                    signals: done.dms.signals,
-                    dms_ms: done.dms.timings_ms.total_ms,
-                });
-            }
-            None => return Err(EngineError::Internal("the engine stopped".into())),
-        }
-    }
+    let r = request(item.image_png(), &item.text(), dms, max_tokens);
+    let (answer, done) = complete(engine, r)?;
+    let answered = Answered {
+        task: "vqa",
+        item,
+        condition: item.condition.name,
+        mode,
+        answer,
+    };
+    Ok(answered.outcome(&done))
 }
 
 /// The stable name of a group.

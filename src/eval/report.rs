@@ -10,6 +10,8 @@ use super::Outcome;
 /// Results of one condition under one mode.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cell {
+    /// Task.
+    pub task: String,
     /// Condition name.
     pub condition: String,
     /// Condition group.
@@ -43,6 +45,8 @@ pub struct Cell {
 /// Accuracy of one mode over one group of conditions.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupAccuracy {
+    /// Task.
+    pub task: String,
     /// DMS mode.
     pub mode: String,
     /// Condition group.
@@ -66,10 +70,86 @@ pub struct Summary {
     pub model: String,
     /// Modes compared.
     pub modes: Vec<String>,
-    /// Per (condition, mode), conditions in suite order.
+    /// Per (task, condition, mode), conditions in suite order.
     pub cells: Vec<Cell>,
-    /// Per (group, mode).
+    /// Per (task, group, mode).
     pub groups: Vec<GroupAccuracy>,
+    /// How well each consistency variant separates matched from mismatched image/text pairs.
+    pub consistency_auc: Vec<ConsistencyAuc>,
+}
+
+/// The area under the ROC curve of one consistency variant: the probability that a matched
+/// pair (a clean image with a correct hint) scores higher than a mismatched one (the conflict
+/// conditions), ties counting half.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsistencyAuc {
+    /// `hidden` or `input`.
+    pub variant: String,
+    /// Mode whose measurements are used.
+    pub mode: String,
+    /// Matched pairs.
+    pub matched: usize,
+    /// Mismatched pairs.
+    pub mismatched: usize,
+    /// The AUC.
+    pub auc: f64,
+}
+
+/// The AUC of scores `positive` against `negative` (`None` if either is empty).
+pub fn auc(positive: &[f32], negative: &[f32]) -> Option<f64> {
+    if positive.is_empty() || negative.is_empty() {
+        return None;
+    }
+    let wins: f64 = positive
+        .iter()
+        .flat_map(|p| negative.iter().map(move |n| (p, n)))
+        .map(|(p, n)| match p.partial_cmp(n) {
+            Some(std::cmp::Ordering::Greater) => 1.0,
+            Some(std::cmp::Ordering::Equal) => 0.5,
+            _ => 0.0,
+        })
+        .sum();
+    Some(wins / (positive.len() * negative.len()) as f64)
+}
+
+/// The AUC of both consistency variants per measuring mode, from the VQA outcomes.
+pub fn consistency_aucs(outcomes: &[Outcome], modes: &[String]) -> Vec<ConsistencyAuc> {
+    let mut out = Vec::new();
+    for mode in modes {
+        for variant in ["hidden", "input"] {
+            let values = |keep: &dyn Fn(&Outcome) -> bool| -> Vec<f32> {
+                outcomes
+                    .iter()
+                    .filter(|o| o.task == "vqa" && o.mode == *mode && keep(o))
+                    .filter_map(|o| match variant {
+                        "hidden" => o.consistency_hidden.as_ref(),
+                        _ => o.consistency_input.as_ref(),
+                    })
+                    .filter_map(|v| v.first().copied())
+                    .collect()
+            };
+            let matched = values(&|o| o.condition == "clean+hint");
+            let mismatched = values(&|o| o.group == "conflict");
+            if let Some(auc) = auc(&matched, &mismatched) {
+                out.push(ConsistencyAuc {
+                    variant: variant.into(),
+                    mode: mode.clone(),
+                    matched: matched.len(),
+                    mismatched: mismatched.len(),
+                    auc,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The tasks present in `outcomes`, in report order.
+pub fn tasks_in(outcomes: &[Outcome]) -> Vec<&'static str> {
+    ["vqa", "caption", "retrieval"]
+        .into_iter()
+        .filter(|t| outcomes.iter().any(|o| o.task == *t))
+        .collect()
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -77,78 +157,94 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// One cell per (condition, mode) present in `outcomes`, in the order of `conditions`.
-pub fn cells(outcomes: &[Outcome], conditions: &[&str], modes: &[String]) -> Vec<Cell> {
+/// One cell per (task, condition, mode) present in `outcomes`, conditions in the order they
+/// first appear.
+pub fn cells(outcomes: &[Outcome], modes: &[String]) -> Vec<Cell> {
     let mut cells = Vec::new();
-    for condition in conditions {
-        for mode in modes {
-            let rows: Vec<&Outcome> = outcomes
-                .iter()
-                .filter(|o| o.condition == *condition && o.mode == *mode)
-                .collect();
-            if rows.is_empty() {
-                continue;
+    for task in tasks_in(outcomes) {
+        let mut conditions: Vec<&str> = Vec::new();
+        for o in outcomes.iter().filter(|o| o.task == task) {
+            if !conditions.contains(&o.condition.as_str()) {
+                conditions.push(&o.condition);
             }
-            let correct = rows.iter().filter(|o| o.correct).count();
-            let signals: Vec<_> = rows.iter().filter_map(|o| o.signals.as_ref()).collect();
-            let image_signal = |f: fn(&crate::dms::ModalitySignals) -> f32| {
-                mean(
-                    signals
-                        .iter()
-                        .filter_map(|s| s.images.first())
-                        .map(|m| f64::from(f(m))),
-                )
-            };
-            cells.push(Cell {
-                condition: condition.to_string(),
-                group: rows[0].group.clone(),
-                mode: mode.clone(),
-                n: rows.len(),
-                correct,
-                accuracy: correct as f64 / rows.len() as f64,
-                mean_image_weight: mean(
-                    rows.iter()
-                        .filter_map(|o| o.weights.images.first())
-                        .map(|&w| f64::from(w)),
-                ),
-                mean_text_weight: mean(rows.iter().map(|o| f64::from(o.weights.text)))
-                    .unwrap_or(1.0),
-                mean_image_confidence: image_signal(|m| m.confidence),
-                mean_image_uncertainty: image_signal(|m| m.uncertainty),
-                mean_text_confidence: mean(signals.iter().map(|s| f64::from(s.text.confidence))),
-                mean_text_uncertainty: mean(signals.iter().map(|s| f64::from(s.text.uncertainty))),
-                mean_consistency: mean(
-                    signals
-                        .iter()
-                        .filter_map(|s| s.consistency.first())
-                        .map(|&c| f64::from(c)),
-                ),
-                mean_dms_ms: mean(rows.iter().map(|o| o.dms_ms)).unwrap_or(0.0),
-            });
+        }
+        for condition in &conditions {
+            for mode in modes {
+                cells.extend(cell(outcomes, task, condition, mode));
+            }
         }
     }
     cells
 }
 
-/// Accuracy per (group, mode), over items.
+fn cell(outcomes: &[Outcome], task: &str, condition: &str, mode: &str) -> Option<Cell> {
+    let rows: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.task == task && o.condition == condition && o.mode == mode)
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let correct = rows.iter().filter(|o| o.correct).count();
+    let signals: Vec<_> = rows.iter().filter_map(|o| o.signals.as_ref()).collect();
+    let image_signal = |f: fn(&crate::dms::ModalitySignals) -> f32| {
+        mean(
+            signals
+                .iter()
+                .filter_map(|s| s.images.first())
+                .map(|m| f64::from(f(m))),
+        )
+    };
+    Some(Cell {
+        task: task.to_string(),
+        condition: condition.to_string(),
+        group: rows[0].group.clone(),
+        mode: mode.to_string(),
+        n: rows.len(),
+        correct,
+        accuracy: correct as f64 / rows.len() as f64,
+        mean_image_weight: mean(
+            rows.iter()
+                .filter_map(|o| o.weights.images.first())
+                .map(|&w| f64::from(w)),
+        ),
+        mean_text_weight: mean(rows.iter().map(|o| f64::from(o.weights.text))).unwrap_or(1.0),
+        mean_image_confidence: image_signal(|m| m.confidence),
+        mean_image_uncertainty: image_signal(|m| m.uncertainty),
+        mean_text_confidence: mean(signals.iter().map(|s| f64::from(s.text.confidence))),
+        mean_text_uncertainty: mean(signals.iter().map(|s| f64::from(s.text.uncertainty))),
+        mean_consistency: mean(
+            signals
+                .iter()
+                .filter_map(|s| s.consistency.first())
+                .map(|&c| f64::from(c)),
+        ),
+        mean_dms_ms: mean(rows.iter().map(|o| o.dms_ms)).unwrap_or(0.0),
+    })
+}
+
+/// Accuracy per (task, group, mode), over items.
 pub fn groups(outcomes: &[Outcome], modes: &[String]) -> Vec<GroupAccuracy> {
     let mut out = Vec::new();
-    for group in ["clean", "corrupted", "conflict"] {
-        for mode in modes {
-            let rows: Vec<&Outcome> = outcomes
-                .iter()
-                .filter(|o| o.group == group && o.mode == *mode)
-                .collect();
-            if rows.is_empty() {
-                continue;
-            }
-            out.push(GroupAccuracy {
-                mode: mode.clone(),
-                group: group.to_string(),
-                n: rows.len(),
-                accuracy: rows.iter().filter(|o| o.correct).count() as f64 / rows.len() as f64,
-            });
+    for (task, group, mode) in tasks_in(outcomes).into_iter().flat_map(|t| {
+        ["clean", "corrupted", "conflict"]
+            .into_iter()
+            .flat_map(move |g| modes.iter().map(move |m| (t, g, m)))
+    }) {
+        let rows: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.task == task && o.group == group && o.mode == *mode)
+            .collect();
+        if rows.is_empty() {
+            continue;
         }
+        out.push(GroupAccuracy {
+            task: task.to_string(),
+            mode: mode.clone(),
+            group: group.to_string(),
+            n: rows.len(),
+            accuracy: rows.iter().filter(|o| o.correct).count() as f64 / rows.len() as f64,
+        });
     }
     out
 }
@@ -157,7 +253,8 @@ fn opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
-/// The summary as Markdown: accuracy per group and mode, then one row per condition and mode.
+/// The summary as Markdown: accuracy per task, group and mode, the consistency AUCs, then one
+/// row per task, condition and mode.
 pub fn markdown(summary: &Summary) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -165,9 +262,15 @@ pub fn markdown(summary: &Summary) -> String {
         "Suite `{}`, model `{}`, seed {}, {} items per condition.\n",
         summary.suite, summary.model, summary.seed, summary.per_condition
     );
-    let _ = writeln!(md, "| group | {} |", summary.modes.join(" | "));
-    let _ = writeln!(md, "|---|{}", "---|".repeat(summary.modes.len()));
-    for group in ["clean", "corrupted", "conflict"] {
+    let _ = writeln!(md, "| task | group | {} |", summary.modes.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "---|".repeat(summary.modes.len()));
+    let mut rows: Vec<(&str, &str)> = Vec::new();
+    for g in &summary.groups {
+        if !rows.contains(&(g.task.as_str(), g.group.as_str())) {
+            rows.push((&g.task, &g.group));
+        }
+    }
+    for (task, group) in rows {
         let row: Vec<String> = summary
             .modes
             .iter()
@@ -175,23 +278,37 @@ pub fn markdown(summary: &Summary) -> String {
                 summary
                     .groups
                     .iter()
-                    .find(|g| g.group == group && g.mode == *m)
+                    .find(|g| g.task == task && g.group == group && g.mode == *m)
                     .map_or("-".into(), |g| {
                         format!("{:.1}% (n={})", g.accuracy * 100.0, g.n)
                     })
             })
             .collect();
-        let _ = writeln!(md, "| {group} | {} |", row.join(" | "));
+        let _ = writeln!(md, "| {task} | {group} | {} |", row.join(" | "));
+    }
+    if !summary.consistency_auc.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| consistency variant | mode | matched | mismatched | AUC |\n|---|---|---|---|---|"
+        );
+        for a in &summary.consistency_auc {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.3} |",
+                a.variant, a.mode, a.matched, a.mismatched, a.auc
+            );
+        }
     }
     let _ = writeln!(
         md,
-        "\n| condition | mode | accuracy | image w | text w | image conf | image unc | text conf | consistency | DMS ms |"
+        "\n| task | condition | mode | correct | image w | text w | image conf | image unc | text conf | consistency | DMS ms |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for c in &summary.cells {
         let _ = writeln!(
             md,
-            "| {} | {} | {}/{} | {} | {:.2} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {}/{} | {} | {:.2} | {} | {} | {} | {} | {:.0} |",
+            c.task,
             c.condition,
             c.mode,
             c.correct,
@@ -206,4 +323,17 @@ pub fn markdown(summary: &Summary) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_counts_ordered_pairs_and_half_ties() {
+        assert_eq!(auc(&[0.9, 0.8], &[0.1, 0.2]), Some(1.0));
+        assert_eq!(auc(&[0.1], &[0.9]), Some(0.0));
+        assert_eq!(auc(&[0.5, 0.9], &[0.5]), Some(0.75));
+        assert_eq!(auc(&[], &[0.5]), None);
+    }
 }
