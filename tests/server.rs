@@ -120,17 +120,7 @@ fn a_client_that_disconnects_mid_stream_frees_the_engine() {
     let tiny = common::tiny_models();
     let (_server, base) = common::start_server(&tiny.model, &tiny.mmproj);
     let port = port_of(&base);
-    let body = json!({"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 3000,
-                      "ignore_eos": true, "stream": true}).to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut reader = BufReader::new(s);
-    let mut line = String::new();
-    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("\"content\":\"") {
-        line.clear();
-    }
-    assert!(line.contains("data:"), "no content chunk arrived");
-    drop(reader); // hang up mid-stream
+    drop(open_stream(port, 3000)); // hang up mid-stream
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
