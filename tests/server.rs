@@ -253,7 +253,7 @@ fn sigterm_lets_running_streams_finish_and_then_exits() {
     let tiny = common::tiny_models();
     let (mut server, base) = common::start_server(&tiny.model, &tiny.mmproj);
     let port = port_of(&base);
-    let mut reader = open_stream(port, 200);
+    let mut reader = open_stream(port, 40);
     let status = terminate(&mut server, Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
     let mut rest = String::new();
