@@ -43,7 +43,13 @@ fn require_browser_tools() {
 fn chat_page_in_headless_chromium() {
     require_browser_tools();
     let tiny = common::tiny_models();
-    let (_server, v1) = common::start_server(&tiny.model, &tiny.mmproj);
+    // Built-in schedulers only (no learned one), so that mode `learned` fails mid-stream.
+    let no_plugins = common::scratch().join("no-plugins");
+    let (_server, v1) = common::start_server_with(
+        &tiny.model,
+        &tiny.mmproj,
+        &["--plugins", no_plugins.to_str().unwrap()],
+    );
     let base = v1.trim_end_matches("/v1").to_string();
     let key = "web-test-key";
     let (_keyed, keyed_v1) =

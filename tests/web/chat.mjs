@@ -213,9 +213,10 @@ try {
   await page.screenshot({ path: join(outDir, "desktop-dark.png") });
   await page.emulateMedia({ colorScheme: "light" });
 
-  // ---- a mid-stream error (no learned scheduler is loaded) becomes an error bubble
+  // ---- a mid-stream error (the test server loads no learned scheduler) becomes an error bubble
   const hasLearned = schedulers.data.some((s) => s.kind === "learned");
-  if (!hasLearned) {
+  check(!hasLearned, "the test server lists no learned scheduler");
+  {
     await page.click("#open-settings");
     await page.selectOption("#dms-mode", "learned");
     await page.keyboard.press("Escape");
