@@ -339,3 +339,50 @@ fn a_scored_answer_has_the_log_likelihood_that_generation_reported() {
     assert_ne!(wrong, text, "the demo names red: {text:?}");
     assert!(score(&wrong) < loglik, "another colour is less likely");
 }
+
+#[test]
+fn the_mwc_loss_is_measured_on_request_without_changing_the_answer() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let engine = engine(&paths, 0);
+    let with_weights = |image: f32, text: f32, measure: bool| {
+        let w = llama_dms::engine::ModalityWeights {
+            images: vec![image],
+            text,
+        };
+        let mut r = request(
+            noisy_png([200, 30, 30], 10.0, 3),
+            QUESTION,
+            DmsSettings::fixed(w),
+        );
+        r.measure_mwc = measure;
+        run(&engine, r)
+    };
+    let (plain_answer, plain) = with_weights(1.0, 1.0, false);
+    assert_eq!(plain.mwc, None, "measured only when asked for");
+    let (answer, measured) = with_weights(1.0, 1.0, true);
+    assert_eq!(
+        answer, plain_answer,
+        "the extra passes leave the answer alone"
+    );
+    let loss = measured.mwc.unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    let (_, again) = with_weights(1.0, 1.0, true);
+    assert!((again.mwc.unwrap() - loss).abs() < 1e-4, "reproducible");
+    // The joint pass really is weighted: other weights give another loss.
+    let (_, skewed) = with_weights(0.2, 1.8, true);
+    assert!(
+        (skewed.mwc.unwrap() - loss).abs() > 1e-3,
+        "{skewed:?} vs {loss}"
+    );
+    // Under rule the loss is measured for the weights the scheduler chose.
+    let mut r = request(
+        noisy_png([200, 30, 30], 10.0, 3),
+        QUESTION,
+        DmsSettings::mode(DmsMode::Rule),
+    );
+    r.measure_mwc = true;
+    let (_, rule) = run(&engine, r);
+    assert!(rule.mwc.is_some_and(|l| l.is_finite() && l >= 0.0));
+}

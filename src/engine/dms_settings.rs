@@ -127,4 +127,8 @@ pub struct DmsReport {
     pub image_cache_hits: usize,
     /// Time per step.
     pub timings_ms: DmsTimings,
+    /// The Modality Weight Consistency loss of the weights, when it was asked for
+    /// ([`super::GenerateRequest::measure_mwc`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mwc: Option<f32>,
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::dms::{
     apply_dropout, avg_pool_2x2, confidence, cosine_consistency, mean_pool, mutual_information,
-    ModalitySignals, Registry, Scheduler, Signals, SplitMix64,
+    ModalitySignals, ModalityWeights, Registry, Scheduler, Signals, SplitMix64,
 };
 use crate::llama::{Batch, ChunkKind, LlamaError};
 
@@ -45,26 +45,26 @@ impl SignalCache {
 }
 
 /// One pass body: rows and which of them belong to the measured modality.
-struct Body {
+pub(super) struct Body {
     rows: Vec<f32>,
     modality: Vec<bool>,
 }
 
 /// Rows of a unimodal prompt cut around the modality.
-struct Unimodal {
-    prefix: Vec<f32>,
-    body: Body,
-    suffix: Vec<f32>,
+pub(super) struct Unimodal {
+    pub(super) prefix: Vec<f32>,
+    pub(super) body: Body,
+    pub(super) suffix: Vec<f32>,
+}
+
+/// Logits at the end of a pass and the mean hidden state over its modality rows.
+pub(super) struct PassOutput {
+    logits: Vec<f32>,
+    pub(super) hidden_mean: Option<Vec<f32>>,
 }
 
 /// One row of a pass batch: (row, position, sequence, output: `Some((pass, is_last_row))`).
 type PassRow<'a> = (&'a [f32], i32, i32, Option<(usize, bool)>);
-
-/// Logits at the end of a pass and the mean hidden state over its modality rows.
-struct PassOutput {
-    logits: Vec<f32>,
-    hidden_mean: Option<Vec<f32>>,
-}
 
 /// Resolution of weights computed from measured signals. The passes' float results vary in the
 /// last digits with where they land in the shared KV cache; rounding keeps that noise out of
@@ -147,7 +147,7 @@ impl Runtime<'_> {
         let t = Instant::now();
         let text_seed = settings.seed ^ 0x7e57_7e57;
         let (text_signals, text_hidden, text_input) =
-            match self.unimodal_rows(&unimodal.text, &[], true)? {
+            match self.unimodal_rows(&unimodal.text, &[], true, None)? {
                 Some(u) => {
                     let (sig, hidden) = self.measure(&u, settings, text_seed)?;
                     (
@@ -184,7 +184,7 @@ impl Runtime<'_> {
                     timings.encode_ms += ms(t);
                     let t = Instant::now();
                     let u = self
-                        .unimodal_rows(image_prompt, &rows, settings.pool_images)?
+                        .unimodal_rows(image_prompt, &rows, settings.pool_images, None)?
                         .ok_or_else(|| {
                             EngineError::Internal("image prompt without image rows".into())
                         })?;
@@ -232,11 +232,12 @@ impl Runtime<'_> {
     }
 
     /// Encodes every image chunk of a (single-image) prompt, through the embedding cache.
-    fn encode_all(&mut self, prompt: &Prompt) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub(super) fn encode_all(&mut self, prompt: &Prompt) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut out = Vec::new();
         for piece in &prompt.pieces {
             if let Piece::Image { chunks, index } = piece {
-                for chunk in chunks.iter().filter(|c| c.kind() == ChunkKind::Image) {
+                let images = chunks.iter().filter(|c| c.kind() == ChunkKind::Image);
+                for (ordinal, chunk) in images.enumerate() {
                     let mtmd = self
                         .mtmd
                         .as_ref()
@@ -249,7 +250,6 @@ impl Runtime<'_> {
                         ));
                     }
                     let mut unused = Default::default();
-                    let ordinal = out.len();
                     out.push(
                         self.image_rows(prompt, *index, ordinal, &chunk, &mut unused)?
                             .0,
@@ -262,17 +262,20 @@ impl Runtime<'_> {
 
     /// Rows of a unimodal prompt split into prefix / modality body / suffix. For the text
     /// prompt the body spans the user text pieces; for an image prompt it is the image piece,
-    /// whose encoded rows are `encoded` (optionally 2x2-pooled). `None` when the prompt has no
-    /// modality rows (e.g. a request without user text).
-    fn unimodal_rows(
+    /// whose encoded rows are `encoded` (optionally 2x2-pooled). With `joint` weights the
+    /// prompt is the whole request: user text and images both count as modality rows, each
+    /// scaled by its weight. `None` when the prompt has no modality rows (e.g. a request
+    /// without user text).
+    pub(super) fn unimodal_rows(
         &self,
         prompt: &Prompt,
         encoded: &[Vec<f32>],
         pool: bool,
+        joint: Option<&ModalityWeights>,
     ) -> Result<Option<Unimodal>, EngineError> {
         let width = self.model().n_embd_inp();
         let is_modality = |p: &Piece| match p {
-            Piece::Text { user, .. } => *user && encoded.is_empty(),
+            Piece::Text { user, .. } => *user && (encoded.is_empty() || joint.is_some()),
             Piece::Image { .. } => true,
         };
         let Some(first) = prompt.pieces.iter().position(is_modality) else {
@@ -294,8 +297,12 @@ impl Runtime<'_> {
         for (k, piece) in prompt.pieces.iter().enumerate() {
             match piece {
                 Piece::Text { tokens, user } => {
+                    let weight = match joint {
+                        Some(w) if *user => w.text,
+                        _ => 1.0,
+                    };
                     let mut rows = Vec::new();
-                    self.rows.append_rows(tokens, 1.0, width, &mut rows)?;
+                    self.rows.append_rows(tokens, weight, width, &mut rows)?;
                     if k < first {
                         u.prefix.extend_from_slice(&rows);
                     } else if k > last {
@@ -307,7 +314,9 @@ impl Runtime<'_> {
                         u.body.rows.extend_from_slice(&rows);
                     }
                 }
-                Piece::Image { chunks, .. } => {
+                Piece::Image { chunks, index } => {
+                    let weight =
+                        joint.map_or(1.0, |w| w.images.get(*index).copied().unwrap_or(1.0));
                     for chunk in chunks.iter() {
                         if chunk.kind() == ChunkKind::Image {
                             let rows = encoded.get(image_chunk).ok_or_else(|| {
@@ -316,11 +325,14 @@ impl Runtime<'_> {
                             image_chunk += 1;
                             let n = rows.len() / width;
                             let side = (n as f64).sqrt() as usize;
-                            let rows = if pool && side * side == n && side > 1 {
+                            let mut rows = if pool && side * side == n && side > 1 {
                                 avg_pool_2x2(rows, width, side, side).0
                             } else {
                                 rows.clone()
                             };
+                            if weight != 1.0 {
+                                rows.iter_mut().for_each(|v| *v *= weight);
+                            }
                             u.body
                                 .modality
                                 .extend(std::iter::repeat_n(true, rows.len() / width));
@@ -384,7 +396,7 @@ impl Runtime<'_> {
     /// Runs `prefix + body + suffix` for every body as parallel sequences (1, 2, ...): the prefix
     /// is decoded once and shared by sequence copies, the bodies go in as few decodes as the
     /// batch size allows, in groups that fit the free sequences and the context.
-    fn run_passes(
+    pub(super) fn run_passes(
         &mut self,
         prefix: &[f32],
         bodies: &[Body],
@@ -561,6 +573,7 @@ fn conclude(
         consistency_input: input,
         image_cache_hits: hits,
         timings_ms: timings,
+        mwc: None,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod dms_settings;
 pub mod dms_stage;
 pub mod image;
 pub mod lru;
+mod mwc;
 pub mod prompt;
 pub mod prompt_cache;
 pub mod runtime;
@@ -95,6 +96,9 @@ pub struct GenerateRequest {
     /// Score this text as the answer instead of generating one: nothing is sampled, and
     /// [`Done::score`] holds its log-likelihood given the (weighted) prompt.
     pub score: Option<String>,
+    /// Also measure the Modality Weight Consistency loss of the applied weights (three extra
+    /// clean passes; for evaluation) into [`DmsReport::mwc`].
+    pub measure_mwc: bool,
 }
 
 /// Structured-output constraint, turned into a llama.cpp grammar.
@@ -131,6 +135,7 @@ impl GenerateRequest {
             top_logprobs: None,
             raw_prompt: None,
             score: None,
+            measure_mwc: false,
         }
     }
 }

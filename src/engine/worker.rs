@@ -290,6 +290,11 @@ fn start(
             )?
         }
     };
+    let mut dms = dms;
+    if request.measure_mwc && !images.is_empty() {
+        let unimodal = unimodal_prompts(rt, &request.messages, &images)?;
+        dms.mwc = Some(rt.mwc(&prompt, &unimodal, &dms.weights)?);
+    }
     let units = prompt_units(&prompt, &dms.weights);
     let (slot, keep) = choose_slot(place.free, slot_units, &units)?;
     let seq = slot as i32;
@@ -474,6 +479,7 @@ fn off_report(n_images: usize) -> DmsReport {
         consistency_input: None,
         image_cache_hits: 0,
         timings_ms: Default::default(),
+        mwc: None,
     }
 }
 
