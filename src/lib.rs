@@ -12,3 +12,4 @@ pub mod engine;
 pub mod eval;
 pub mod llama;
 pub mod models;
+pub mod plot;

@@ -120,6 +120,19 @@ fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
     );
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("| vqa | noise-1.5+hint | rule |"), "{md}");
+    for plot in [
+        "accuracy_vs_noise.png",
+        "image_weight_vs_noise.png",
+        "consistency_roc.png",
+    ] {
+        let path = out.join(plot);
+        assert!(
+            std::fs::metadata(&path).map_or(0, |m| m.len()) > 0,
+            "{plot}"
+        );
+        let png = image::open(&path).unwrap_or_else(|e| panic!("{plot}: {e}"));
+        assert!(png.width() > 0 && png.height() > 0, "{plot}");
+    }
 
     // Resuming a finished run answers nothing again and keeps every outcome.
     let before = std::fs::read_to_string(out.join("items.jsonl")).unwrap();

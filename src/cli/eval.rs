@@ -230,6 +230,12 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
             return fail(1, &format!("cannot write {}: {e}", path.display()));
         }
     }
+    match crate::eval::plots::write_eval_plots(&summary, &outcomes, &args.out) {
+        Ok(paths) => paths
+            .iter()
+            .for_each(|p| eprintln!("wrote {}", p.display())),
+        Err(e) => eprintln!("warning: plots not written: {e}"),
+    }
     print!("{md}");
     eprintln!("wrote {}", args.out.display());
     ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 pub mod corrupt;
 pub mod dataset;
 pub mod grid;
+pub mod plots;
 pub mod report;
 pub mod tasks;
 

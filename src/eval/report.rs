@@ -64,7 +64,7 @@ pub struct Summary {
     pub suite: String,
     /// Dataset seed.
     pub seed: u64,
-    /// Items per condition.
+    /// Items per condition (for a `data:` suite: items in the file).
     pub per_condition: usize,
     /// Model file stem.
     pub model: String,
@@ -257,9 +257,14 @@ fn opt(v: Option<f64>) -> String {
 /// row per task, condition and mode.
 pub fn markdown(summary: &Summary) -> String {
     let mut md = String::new();
+    let items = if summary.suite.starts_with("data:") {
+        "items (corruptions apply to those with an image)"
+    } else {
+        "items per condition"
+    };
     let _ = writeln!(
         md,
-        "Suite `{}`, model `{}`, seed {}, {} items per condition.\n",
+        "Suite `{}`, model `{}`, seed {}, {} {items}.\n",
         summary.suite, summary.model, summary.seed, summary.per_condition
     );
     let _ = writeln!(md, "| task | group | {} |", summary.modes.join(" | "));
