@@ -165,6 +165,10 @@ fn grid_scores_train_a_scheduler_that_the_engine_loads() {
         let points = e["grid"].as_array().unwrap();
         assert_eq!(points.len(), IMAGE_WEIGHTS.len());
         assert!(points.iter().all(|p| p["loglik"].as_f64().unwrap() < 0.0));
+        // The MWC loss is measured per grid point, and it depends on the weights.
+        let mwc: Vec<f64> = points.iter().map(|p| p["mwc"].as_f64().unwrap()).collect();
+        assert!(mwc.iter().all(|m| m.is_finite() && *m > 0.0), "{mwc:?}");
+        assert!(mwc.iter().any(|m| (m - mwc[0]).abs() > 1e-4), "{mwc:?}");
         assert!(e["signals"]["images"][0]["confidence"].is_number());
     }
 
@@ -183,4 +187,118 @@ fn grid_scores_train_a_scheduler_that_the_engine_loads() {
         "{:?}",
         registry.names()
     );
+}
+
+/// `llama-dms eval --data examples/vqa.jsonl` with `extra` flags (no model flags: the caller
+/// adds them where the run gets that far).
+fn eval_data(extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llama-dms"));
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vqa.jsonl");
+    cmd.args(["eval", "--data", data]).args(extra);
+    cmd
+}
+
+#[test]
+fn a_data_file_runs_clean_and_corrupted_scores_and_resumes() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let out = common::scratch().join("eval-data");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = |extra: &[&str]| {
+        let mut cmd = eval_data(&["--corrupt", "noise:1.0,missing,mismatch"]);
+        cmd.args(["--modes", "off,rule", "--max-tokens", "8", "--threads", "2"])
+            .args(["--model", paths.model.to_str().unwrap()])
+            .args(["--mmproj", paths.mmproj.to_str().unwrap()])
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    succeeded(&run(&[]));
+
+    let outcomes = json_lines(&out.join("items.jsonl"));
+    // examples/vqa.jsonl: 4 items with an image (clean + 3 corruptions), 1 text-only (clean).
+    assert_eq!(
+        outcomes.len(),
+        (4 * 4 + 1) * 2,
+        "every item, condition and mode"
+    );
+    let fields = [
+        "task",
+        "item",
+        "condition",
+        "group",
+        "mode",
+        "truth",
+        "answer",
+        "correct",
+        "weights",
+        "dms_ms",
+    ];
+    for o in &outcomes {
+        for field in fields {
+            assert!(o.get(field).is_some(), "{field} missing in {o}");
+        }
+        assert_eq!(o["task"], "vqa");
+        let group = match o["condition"].as_str().unwrap() {
+            "clean" => "clean",
+            "noise-1.0" | "missing" => "corrupted",
+            "mismatch" => "conflict",
+            other => panic!("unexpected condition {other}"),
+        };
+        assert_eq!(o["group"], group, "{o}");
+    }
+    let text_only: Vec<&Value> = outcomes.iter().filter(|o| o["item"] == 4).collect();
+    assert_eq!(text_only.len(), 2, "the text-only item is asked clean only");
+    assert!(text_only.iter().all(|o| o["condition"] == "clean"));
+
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["suite"], "data:vqa.jsonl");
+    let clean_off = summary["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["condition"] == "clean" && c["mode"] == "off")
+        .unwrap();
+    assert_eq!(clean_off["n"], 5);
+    assert!(
+        clean_off["accuracy"].as_f64().unwrap() > 0.0,
+        "the demo names clean colours: {clean_off}"
+    );
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("| vqa | mismatch | rule |"), "{md}");
+
+    // Resuming a finished data run answers nothing again.
+    let before = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
+    succeeded(&run(&["--resume"]));
+    let after = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn data_flags_that_do_not_fit_fail_with_a_message() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--corrupt", "fog"],
+            "unknown corruption \"fog\" (noise:S, blur:R, occlude:F, missing, mismatch)",
+        ),
+        (&["--corrupt", "noise:-2"], "above 0"),
+        (&["--tasks", "vqa,caption"], "--data runs only the vqa task"),
+        (&["--grid-out", "g.jsonl"], "--grid-out is not supported"),
+    ];
+    for (extra, want) in cases {
+        let o = eval_data(extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_llama-dms"))
+        .args(["eval", "--corrupt", "missing"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--corrupt needs --data"));
 }

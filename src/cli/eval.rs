@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{exit_code, fail, ModelArgs};
 use crate::engine::{DmsSettings, EngineError, EngineHandle};
+use crate::eval::custom::{parse_spec, DataCondition, DataError, DataSet};
 use crate::eval::dataset::{colour_grid, Item};
 use crate::eval::grid::grid_example;
 use crate::eval::report::{cells, consistency_aucs, groups, markdown, Summary};
@@ -31,16 +32,25 @@ pub struct EvalArgs {
     /// Model and runtime.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Which suite.
+    /// Which suite (ignored with `--data`).
     #[arg(long, value_enum, default_value = "colour-grid")]
     pub suite: Suite,
+    /// Your own VQA data instead of a generated suite: JSONL, one
+    /// `{"image": "cat.jpg", "question": "...", "answers": ["black", "dark grey"]}` per line
+    /// (`image` may be null; relative paths resolve against the file's directory).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// With `--data`: corruptions to run besides `clean`, comma-separated: noise:SIGMA (full
+    /// 0..255 range units), blur:RADIUS (pixels), occlude:FRACTION, missing, mismatch.
+    #[arg(long)]
+    pub corrupt: Option<String>,
     /// DMS modes to compare, comma-separated (off, rule, learned).
     #[arg(long, value_delimiter = ',', default_value = "off,rule")]
     pub modes: Vec<String>,
-    /// Seed of the generated items.
+    /// Seed of the generated items (with `--data`: of the corruptions and mismatch pairs).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Items per condition.
+    /// Items per condition (ignored with `--data`).
     #[arg(long, default_value_t = 10)]
     pub per_condition: usize,
     /// Longest answer in tokens.
@@ -51,8 +61,9 @@ pub struct EvalArgs {
     pub out: PathBuf,
     /// Tasks, comma-separated: vqa (the colour question), caption ("Describe the image." must
     /// name the colour), retrieval (rank one caption per colour by likelihood: recall@1).
-    #[arg(long, value_delimiter = ',', default_value = "vqa,caption,retrieval")]
-    pub tasks: Vec<String>,
+    /// Default: all three; with `--data` only vqa applies.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Option<Vec<String>>,
     /// Keep the outcomes already in `<out>/items.jsonl` and answer only the missing ones.
     #[arg(long)]
     pub resume: bool,
@@ -71,9 +82,13 @@ struct Job<'a> {
     dms: &'a DmsSettings,
 }
 
+/// What identifies an outcome (for `--resume`): task, item, condition and mode.
+type Key = (String, usize, String, String);
+
 impl Job<'_> {
-    fn key(&self) -> (String, usize, String) {
-        (self.task.into(), self.item.id, self.mode.into())
+    fn key(&self) -> Key {
+        let (task, mode) = (self.task.into(), self.mode.into());
+        (task, self.item.id, self.label.clone(), mode)
     }
 
     fn run(&self, engine: &EngineHandle, max_tokens: usize) -> Result<Outcome, EngineError> {
@@ -90,6 +105,75 @@ impl Job<'_> {
             _ => answer_item(engine, self.item, self.mode, self.dms, max_tokens),
         }
     }
+}
+
+/// One unit of work of a `--data` run: an item of the file under a condition and a mode.
+struct DataJob<'a> {
+    item: usize,
+    condition: &'a DataCondition,
+    mode: &'a str,
+    dms: &'a DmsSettings,
+}
+
+/// A job of either kind of run.
+enum Work<'a> {
+    Suite(Job<'a>),
+    Data(&'a DataSet, DataJob<'a>),
+}
+
+impl Work<'_> {
+    fn key(&self) -> Key {
+        match self {
+            Work::Suite(j) => j.key(),
+            Work::Data(_, j) => (
+                "vqa".into(),
+                j.item,
+                j.condition.label.clone(),
+                j.mode.into(),
+            ),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let (task, item, condition, mode) = self.key();
+        format!("{task} item {item} {condition} / {mode}")
+    }
+
+    /// The outcome, or the exit code and message of the failure.
+    fn run(&self, engine: &EngineHandle, max_tokens: usize) -> Result<Outcome, (u8, String)> {
+        match self {
+            Work::Suite(j) => j
+                .run(engine, max_tokens)
+                .map_err(|e| (exit_code(&e), e.to_string())),
+            Work::Data(set, j) => set
+                .answer(engine, j.item, j.condition, j.mode, j.dms, max_tokens)
+                .map_err(|e| match e {
+                    DataError::Engine(e) => (exit_code(&e), e.to_string()),
+                    DataError::Image(e) => (1, e),
+                }),
+        }
+    }
+}
+
+/// The jobs of a `--data` run: every (item, condition) pair that applies, under every mode.
+fn data_jobs<'a>(
+    set: &'a DataSet,
+    conditions: &'a [DataCondition],
+    modes: &'a [(String, DmsSettings)],
+) -> Vec<Work<'a>> {
+    let mut out = Vec::new();
+    for (item, c) in set.jobs(conditions) {
+        for (mode, dms) in modes {
+            let job = DataJob {
+                item,
+                condition: &conditions[c],
+                mode,
+                dms,
+            };
+            out.push(Work::Data(set, job));
+        }
+    }
+    out
 }
 
 /// The jobs of `tasks` over `items` and the modes.
@@ -132,19 +216,10 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(2, &e),
     };
-    if let Some(t) = args
-        .tasks
-        .iter()
-        .find(|t| !["vqa", "caption", "retrieval"].contains(&t.as_str()))
-    {
-        return fail(
-            2,
-            &format!("unknown task {t:?} (vqa, caption or retrieval)"),
-        );
-    }
-    if args.per_condition == 0 {
-        return fail(2, "--per-condition must be at least 1");
-    }
+    let (tasks, conditions) = match plan(args) {
+        Ok(p) => p,
+        Err(e) => return fail(2, &e),
+    };
     let config = match args.model.engine_config() {
         Ok(c) => c,
         Err(e) => return fail(2, &e),
@@ -154,11 +229,25 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let data = match &args.data {
+        Some(path) => match DataSet::load(path, config.max_image_pixels, args.seed) {
+            Ok(set) => Some(set),
+            Err(e) => return fail(2, &e),
+        },
+        None => None,
+    };
     if let Err(e) = std::fs::create_dir_all(&args.out) {
         return fail(2, &format!("cannot create {}: {e}", args.out.display()));
     }
-    let items = match args.suite {
-        Suite::ColourGrid => colour_grid(args.seed, args.per_condition),
+    let items = match (&data, args.suite) {
+        (Some(set), _) => {
+            let text_only = set.items.iter().filter(|i| i.image.is_none()).count();
+            if text_only > 0 && conditions.len() > 1 {
+                eprintln!("note: {text_only} text-only items are asked clean only");
+            }
+            Vec::new()
+        }
+        (None, Suite::ColourGrid) => colour_grid(args.seed, args.per_condition),
     };
     let engine = match EngineHandle::start(config) {
         Ok(e) => e,
@@ -174,9 +263,9 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
             outcomes.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
         }
     }
-    let done: HashSet<(String, usize, String)> = outcomes
+    let done: HashSet<Key> = outcomes
         .iter()
-        .map(|o| (o.task.clone(), o.item, o.mode.clone()))
+        .map(|o| (o.task.clone(), o.item, o.condition.clone(), o.mode.clone()))
         .collect();
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -188,19 +277,25 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(2, &format!("cannot write {}: {e}", items_path.display())),
     };
-    let todo: Vec<Job<'_>> = jobs(&args.tasks, &items, &modes)
+    let all: Vec<Work<'_>> = match &data {
+        Some(set) => data_jobs(set, &conditions, &modes),
+        None => jobs(&tasks, &items, &modes)
+            .into_iter()
+            .map(Work::Suite)
+            .collect(),
+    };
+    let todo: Vec<Work<'_>> = all
         .into_iter()
-        .filter(|j| !done.contains(&j.key()))
+        .filter(|w| !done.contains(&w.key()))
         .collect();
     let bar = progress(todo.len());
     for job in todo {
-        bar.set_message(format!("{} {} / {}", job.task, job.label, job.mode));
+        bar.set_message(job.describe());
         let outcome = match job.run(&engine, args.max_tokens) {
             Ok(o) => o,
-            Err(e) => {
+            Err((code, e)) => {
                 bar.abandon();
-                let what = format!("{} item {} ({})", job.task, job.item.id, job.mode);
-                return fail(exit_code(&e), &format!("{what}: {e}"));
+                return fail(code, &format!("{}: {e}", job.describe()));
             }
         };
         let line = serde_json::to_string(&outcome).unwrap_or_default();
@@ -213,9 +308,11 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
     bar.finish_and_clear();
 
     let summary = Summary {
-        suite: "colour-grid".into(),
+        suite: data
+            .as_ref()
+            .map_or("colour-grid".into(), |d| format!("data:{}", d.name)),
         seed: args.seed,
-        per_condition: args.per_condition,
+        per_condition: data.as_ref().map_or(args.per_condition, |d| d.items.len()),
         model: model_name,
         modes: args.modes.clone(),
         cells: cells(&outcomes, &args.modes),
@@ -239,6 +336,40 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
     print!("{md}");
     eprintln!("wrote {}", args.out.display());
     ExitCode::SUCCESS
+}
+
+/// The tasks and (with `--data`) the conditions of a run, with the flags checked.
+fn plan(args: &EvalArgs) -> Result<(Vec<String>, Vec<DataCondition>), String> {
+    let tasks = args.tasks.clone().unwrap_or_else(|| match args.data {
+        Some(_) => vec!["vqa".into()],
+        None => ["vqa", "caption", "retrieval"].map(String::from).to_vec(),
+    });
+    let known = ["vqa", "caption", "retrieval"];
+    if let Some(t) = tasks.iter().find(|t| !known.contains(&t.as_str())) {
+        return Err(format!("unknown task {t:?} (vqa, caption or retrieval)"));
+    }
+    if args.data.is_none() {
+        if args.corrupt.is_some() {
+            return Err(
+                "--corrupt needs --data (the colour-grid suite has its own conditions)".into(),
+            );
+        }
+        if args.per_condition == 0 {
+            return Err("--per-condition must be at least 1".into());
+        }
+        return Ok((tasks, Vec::new()));
+    }
+    if let Some(t) = tasks.iter().find(|t| *t != "vqa") {
+        return Err(format!(
+            "--data runs only the vqa task ({t} needs the colour-grid suite)"
+        ));
+    }
+    if args.grid_out.is_some() {
+        return Err("--grid-out is not supported with --data yet".into());
+    }
+    let spec = args.corrupt.as_deref().unwrap_or("");
+    let conditions = parse_spec(spec).map_err(|e| format!("--corrupt: {e}"))?;
+    Ok((tasks, conditions))
 }
 
 fn progress(len: usize) -> ProgressBar {

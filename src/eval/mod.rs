@@ -2,6 +2,7 @@
 //! and summarised per condition and mode (see `llama-dms eval`).
 
 pub mod corrupt;
+pub mod custom;
 pub mod dataset;
 pub mod grid;
 pub mod plots;
