@@ -6,6 +6,7 @@
 //! and [`cli`] (the command line).
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod dms;
 pub mod engine;

@@ -2,6 +2,7 @@
 //!
 //! Every flag can also come from a `LLAMA_DMS_*` environment variable (shown in `--help`).
 
+mod bench;
 mod eval;
 mod run;
 mod serve;
@@ -18,6 +19,7 @@ use crate::engine::{EngineConfig, EngineError};
 use crate::llama::{default_threads, ContextParams, LlamaError};
 use crate::models::{self, demo};
 
+pub use bench::BenchArgs;
 pub use eval::{EvalArgs, Suite};
 pub use run::{describe_dms, DmsArgs, DmsModeArg, RunArgs};
 pub use serve::ServeArgs;
@@ -48,6 +50,9 @@ pub enum Command {
     Models(ModelsCommand),
     /// Measure accuracy, weights and signals on a generated suite under each DMS mode.
     Eval(Box<EvalArgs>),
+    /// Time loading, first tokens, prefill/decode and the caches per DMS mode (and against a
+    /// peer server with --peer); writes JSON, Markdown and bar charts.
+    Bench(Box<BenchArgs>),
     /// Fit the learned DMS scheduler to per-example grid scores (JSONL, see plugins/README.md).
     TrainScheduler(TrainArgs),
 }
@@ -189,6 +194,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::TrainScheduler(args) => train::train_scheduler(&args),
         Command::Eval(args) => eval::eval(&args),
+        Command::Bench(args) => bench::bench(&args),
         Command::Models(ModelsCommand::Tiny { out, seed }) => {
             match models::tiny::write_tiny_models(&out, seed) {
                 Ok(paths) => {
