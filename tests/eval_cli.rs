@@ -93,6 +93,11 @@ fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
         noisy["signals"].is_object(),
         "rule measures signals: {noisy}"
     );
+    // The MWC loss is measured for every vqa item with an image, under every mode.
+    for o in outcomes.iter().filter(|o| o["task"] == "vqa") {
+        let has_image = o["weights"]["images"].as_array().unwrap().len() == 1;
+        assert_eq!(o["mwc"].as_f64().is_some_and(|m| m > 0.0), has_image, "{o}");
+    }
 
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -112,6 +117,10 @@ fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
     for g in ["clean", "corrupted", "conflict"] {
         assert!(groups.contains(&("vqa", g)), "{g} missing: {groups:?}");
     }
+    let vqa_groups = summary["groups"].as_array().unwrap().iter();
+    assert!(vqa_groups
+        .filter(|g| g["task"] == "vqa")
+        .all(|g| g["mean_mwc"].as_f64().is_some()));
     let aucs = summary["consistency_auc"].as_array().unwrap();
     assert_eq!(
         aucs.len(),

@@ -318,7 +318,9 @@ impl DataSet {
             .get(id)
             .ok_or(DataError::Image("no such item".into()))?;
         let image = self.image(id, condition).map_err(DataError::Image)?;
-        let (answer, done) = complete(engine, request(image, &item.question, dms, max_tokens))?;
+        let mut r = request(image, &item.question, dms, max_tokens);
+        r.measure_mwc = true;
+        let (answer, done) = complete(engine, r)?;
         Ok(Outcome {
             task: "vqa".into(),
             item: id,
@@ -333,6 +335,7 @@ impl DataSet {
             consistency_hidden: done.dms.consistency_hidden.clone(),
             consistency_input: done.dms.consistency_input.clone(),
             dms_ms: done.dms.timings_ms.total_ms,
+            mwc: done.dms.mwc,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Training data for the learned scheduler: for each item, the signals the rule mode measures
 //! and a grid of weight vectors, each scored by the log-likelihood of the reference answer
-//! (the format `train-scheduler` reads). The Modality Weight Consistency term is not measured
-//! yet (it needs the joint pass's hidden states): `mwc` is written as 0.
+//! (the format `train-scheduler` reads) and by the Modality Weight Consistency loss of the
+//! weights (`mwc`, measured by the engine: weighted joint pass against the unimodal passes).
 
 use crate::dms::{GridPoint, ModalityWeights, TrainExample};
 use crate::engine::{DmsSettings, EngineError, EngineHandle};
@@ -29,12 +29,13 @@ pub fn grid_example(
         return Ok(None);
     };
     let answer = reference_answer(item.truth);
-    let score = |dms: &DmsSettings| {
+    let score = |dms: &DmsSettings, measure_mwc: bool| {
         let mut r = super::request(Some(image.clone()), &item.text(), dms, 1);
         r.score = Some(answer.clone());
+        r.measure_mwc = measure_mwc;
         complete(engine, r)
     };
-    let (_, measured) = score(measure)?;
+    let (_, measured) = score(measure, false)?;
     let signals = measured
         .dms
         .signals
@@ -46,11 +47,11 @@ pub fn grid_example(
             images: vec![w],
             text: 2.0 - w,
         };
-        let (_, done) = score(&DmsSettings::fixed(weights))?;
+        let (_, done) = score(&DmsSettings::fixed(weights), true)?;
         grid.push(GridPoint {
             weights: vec![w, 2.0 - w],
             loglik: done.score.unwrap_or(f64::NEG_INFINITY) as f32,
-            mwc: 0.0,
+            mwc: done.dms.mwc.unwrap_or(0.0),
         });
     }
     Ok(Some(TrainExample { signals, grid }))

@@ -50,6 +50,9 @@ pub struct Outcome {
     pub consistency_input: Option<Vec<f32>>,
     /// Time of the DMS stage in milliseconds.
     pub dms_ms: f64,
+    /// Modality Weight Consistency loss of the applied weights (vqa items with an image).
+    #[serde(default)]
+    pub mwc: Option<f32>,
 }
 
 /// The DMS settings of a mode name (`off`, `rule`, `learned`).
@@ -149,6 +152,7 @@ impl Answered<'_> {
             consistency_hidden: done.dms.consistency_hidden.clone(),
             consistency_input: done.dms.consistency_input.clone(),
             dms_ms: done.dms.timings_ms.total_ms,
+            mwc: done.dms.mwc,
         }
     }
 }
@@ -161,7 +165,8 @@ pub fn answer_item(
     dms: &DmsSettings,
     max_tokens: usize,
 ) -> Result<Outcome, EngineError> {
-    let r = request(item.image_png(), &item.text(), dms, max_tokens);
+    let mut r = request(item.image_png(), &item.text(), dms, max_tokens);
+    r.measure_mwc = true;
     let (answer, done) = complete(engine, r)?;
     let answered = Answered {
         task: "vqa",

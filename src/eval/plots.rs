@@ -194,6 +194,7 @@ mod tests {
             consistency_hidden: measured.then(|| vec![c]),
             consistency_input: measured.then(|| vec![c * 0.5 + 0.2]),
             dms_ms: 0.0,
+            mwc: None,
         }
     }
 

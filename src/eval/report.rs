@@ -55,6 +55,9 @@ pub struct GroupAccuracy {
     pub n: usize,
     /// Fraction answered correctly.
     pub accuracy: f64,
+    /// Mean Modality Weight Consistency loss of the applied weights (items where it was
+    /// measured: vqa items with an image).
+    pub mean_mwc: Option<f64>,
 }
 
 /// Everything an evaluation reports.
@@ -244,9 +247,49 @@ pub fn groups(outcomes: &[Outcome], modes: &[String]) -> Vec<GroupAccuracy> {
             group: group.to_string(),
             n: rows.len(),
             accuracy: rows.iter().filter(|o| o.correct).count() as f64 / rows.len() as f64,
+            mean_mwc: mean(rows.iter().filter_map(|o| o.mwc.map(f64::from))),
         });
     }
     out
+}
+
+/// A Markdown table with one row per (task, group) and one column per mode, each cell given
+/// by `cell` (rows where every cell is `None` are left out).
+fn group_table(
+    summary: &Summary,
+    label: &str,
+    cell: impl Fn(&GroupAccuracy) -> Option<String>,
+) -> String {
+    let mut md = format!("| task | {label} | {} |\n", summary.modes.join(" | "));
+    md.push_str(&format!(
+        "|---|---|{}\n",
+        "---|".repeat(summary.modes.len())
+    ));
+    let mut rows: Vec<(&str, &str)> = Vec::new();
+    for g in &summary.groups {
+        if !rows.contains(&(g.task.as_str(), g.group.as_str())) {
+            rows.push((&g.task, &g.group));
+        }
+    }
+    for (task, group) in rows {
+        let row: Vec<Option<String>> = summary
+            .modes
+            .iter()
+            .map(|m| {
+                summary
+                    .groups
+                    .iter()
+                    .find(|g| g.task == task && g.group == group && g.mode == *m)
+                    .and_then(&cell)
+            })
+            .collect();
+        if row.iter().all(Option::is_none) {
+            continue;
+        }
+        let row: Vec<String> = row.into_iter().map(|c| c.unwrap_or("-".into())).collect();
+        md.push_str(&format!("| {task} | {group} | {} |\n", row.join(" | ")));
+    }
+    md
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -267,29 +310,14 @@ pub fn markdown(summary: &Summary) -> String {
         "Suite `{}`, model `{}`, seed {}, {} {items}.\n",
         summary.suite, summary.model, summary.seed, summary.per_condition
     );
-    let _ = writeln!(md, "| task | group | {} |", summary.modes.join(" | "));
-    let _ = writeln!(md, "|---|---|{}", "---|".repeat(summary.modes.len()));
-    let mut rows: Vec<(&str, &str)> = Vec::new();
-    for g in &summary.groups {
-        if !rows.contains(&(g.task.as_str(), g.group.as_str())) {
-            rows.push((&g.task, &g.group));
-        }
-    }
-    for (task, group) in rows {
-        let row: Vec<String> = summary
-            .modes
-            .iter()
-            .map(|m| {
-                summary
-                    .groups
-                    .iter()
-                    .find(|g| g.task == task && g.group == group && g.mode == *m)
-                    .map_or("-".into(), |g| {
-                        format!("{:.1}% (n={})", g.accuracy * 100.0, g.n)
-                    })
-            })
-            .collect();
-        let _ = writeln!(md, "| {task} | {group} | {} |", row.join(" | "));
+    md.push_str(&group_table(summary, "group", |g| {
+        Some(format!("{:.1}% (n={})", g.accuracy * 100.0, g.n))
+    }));
+    if summary.groups.iter().any(|g| g.mean_mwc.is_some()) {
+        md.push_str("\nModality Weight Consistency loss of the applied weights (mean):\n\n");
+        md.push_str(&group_table(summary, "group", |g| {
+            g.mean_mwc.map(|v| format!("{v:.4}"))
+        }));
     }
     if !summary.consistency_auc.is_empty() {
         let _ = writeln!(
