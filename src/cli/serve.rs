@@ -1,16 +1,29 @@
 //! `llama-dms serve`: the OpenAI-compatible HTTP server.
 
-use std::future::IntoFuture;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 use clap::Args;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
 
 use super::{exit_code, fail, ModelArgs};
 use crate::api::media::MediaPolicy;
-use crate::api::{router, AppState, Limits};
+use crate::api::{router, ApiError, AppState, Limits};
 use crate::engine::EngineHandle;
 
 /// `serve` flags.
@@ -56,6 +69,16 @@ pub struct ServeArgs {
     /// cancelled and the server exits.
     #[arg(long, env = "LLAMA_DMS_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Requests that may wait for a free slot; more are answered 429 with `Retry-After`.
+    #[arg(long, env = "LLAMA_DMS_MAX_QUEUE", default_value_t = 16)]
+    pub max_queue: usize,
+    /// Seconds a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, env = "LLAMA_DMS_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds a client may take to send a request's body (then 408 and the connection closes).
+    #[arg(long, env = "LLAMA_DMS_BODY_TIMEOUT", default_value_t = 30)]
+    pub body_timeout: u64,
 }
 
 impl ServeArgs {
@@ -108,6 +131,13 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         Err(e) => return fail(2, &e),
     };
     config.max_image_pixels = args.max_image_pixels;
+    if args.max_queue == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
+        return fail(
+            2,
+            "--max-queue, --header-timeout and --body-timeout must be at least 1",
+        );
+    }
+    config.queue_capacity = args.max_queue;
     let api_keys = match args.api_keys() {
         Ok(k) => k,
         Err(e) => return fail(2, &e),
@@ -130,20 +160,22 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             Err(e) => return fail(2, &format!("cannot listen on {addr}: {e}")),
         };
         let state = AppState::new(api_keys, limits);
-        let app = router(state.clone(), &args.cors_origins);
-        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let app = router(state.clone(), &args.cors_origins).layer(middleware::from_fn_with_state(
+            Duration::from_secs(args.body_timeout),
+            body_deadline,
+        ));
+        let (stopping_tx, stopping) = watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stopping_tx.send(true);
         });
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let mut server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped(stopping.clone()))
-                .into_future(),
-        );
+        let header_timeout = Duration::from_secs(args.header_timeout);
+        let mut server = tokio::spawn(accept_loop(
+            listener,
+            app,
+            header_timeout,
+            stopping.clone(),
+        ));
         eprintln!("llama-dms: listening on http://{addr} (loading the model...)");
         let engine = match tokio::task::spawn_blocking(move || EngineHandle::start(config)).await {
             Ok(Ok(e)) => e,
@@ -158,8 +190,7 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         let grace = Duration::from_secs(args.shutdown_timeout);
         tokio::select! {
             done = &mut server => match done {
-                Ok(Ok(())) => ExitCode::SUCCESS,
-                Ok(Err(e)) => fail(1, &format!("server error: {e}")),
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &format!("server task failed: {e}")),
             },
             _ = async { stopped(stopping).await; tokio::time::sleep(grace).await } => {
@@ -173,7 +204,134 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM; axum then stops accepting and lets open requests finish
+/// Resolves once `rx` turns true (the shutdown signal arrived).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Accepts connections until the shutdown signal, serving each with HTTP/1.1 and a header
+/// read timeout (slowloris clients are disconnected); then waits for the open connections to
+/// finish their requests (idle ones close at once).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stopping: watch::Receiver<bool>,
+) {
+    let (open_tx, open_rx) = watch::channel(());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(stopping.clone()) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stopping.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let mut stop = std::pin::pin!(stopped(stop));
+            let mut signalled = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!("connection ended: {e}");
+                        }
+                        break;
+                    }
+                    _ = &mut stop, if !signalled => {
+                        signalled = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// Gives every request body `limit` (from the end of its headers) to arrive; a slower one is
+/// answered 408 and its connection closed.
+async fn body_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let expired = Arc::new(AtomicBool::new(false));
+    let request = request.map(|inner| {
+        Body::new(DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            expired: Arc::clone(&expired),
+        })
+    });
+    let response = next.run(request).await;
+    if !expired.load(Ordering::Relaxed) {
+        return response;
+    }
+    let mut response = ApiError {
+        status: StatusCode::REQUEST_TIMEOUT,
+        message: format!("the request body did not arrive within {}s", limit.as_secs()),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("timeout"),
+    }
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once its deadline has passed.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err("request body timed out".into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM; the accept loop then stops and lets open requests finish
 /// (for at most `--shutdown-timeout` seconds).
 async fn shutdown_signal() {
     let ctrl_c = async {

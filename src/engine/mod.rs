@@ -5,10 +5,15 @@
 //! come back over a channel of its own. Dropping the [`EventStream`] cancels the request. A
 //! failing (or panicking) request never takes the worker down; a model that fails to load is
 //! reported by [`EngineHandle::start`] itself.
+//!
+//! Test hook: `LLAMA_DMS_FAULT_PANIC_ON=MARK` (read once at start; inert when unset) makes the
+//! worker panic on requests whose text contains `MARK` (see `fault.rs`), so that the tests can
+//! check that a panic only fails its own request.
 
 pub mod decoding;
 pub mod dms_settings;
 pub mod dms_stage;
+mod fault;
 pub mod image;
 pub mod lru;
 mod mwc;
@@ -283,6 +288,8 @@ pub struct ModelInfo {
 struct Job {
     request: GenerateRequest,
     events: tmpsc::UnboundedSender<Event>,
+    /// Where the fault-injection hook makes this request panic (tests only).
+    fault: Option<fault::Stage>,
 }
 
 /// A cloneable, thread-safe handle to the engine worker.
@@ -292,6 +299,7 @@ pub struct EngineHandle {
     info: Arc<ModelInfo>,
     stats: Arc<EngineStats>,
     schedulers: Arc<crate::dms::Registry>,
+    fault: Arc<fault::FaultHook>,
 }
 
 impl EngineHandle {
@@ -312,6 +320,7 @@ impl EngineHandle {
             info: Arc::new(info),
             stats,
             schedulers,
+            fault: Arc::new(fault::FaultHook::from_env()),
         })
     }
 
@@ -334,7 +343,13 @@ impl EngineHandle {
     pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
         let (events, rx) = tmpsc::unbounded_channel();
         self.stats.enqueued();
-        self.jobs.try_send(Job { request, events }).map_err(|e| {
+        let fault = self.fault.stage(&request);
+        let job = Job {
+            request,
+            events,
+            fault,
+        };
+        self.jobs.try_send(job).map_err(|e| {
             self.stats.dequeued();
             match e {
                 mpsc::TrySendError::Full(_) => EngineError::QueueFull,

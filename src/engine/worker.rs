@@ -11,6 +11,7 @@ use crate::llama::{Batch, Model, ModelParams, Sampler, Token};
 
 use super::decoding::{Decoding, Emitted, GenerateOptions, Step};
 use super::dms_stage::{pick_scheduler, UnimodalPrompts};
+use super::fault::{self, Stage};
 use super::prompt_cache::{common_prefix, positions, prompt_units, Unit};
 use super::runtime::Prefill;
 use super::stats::Outcome;
@@ -173,6 +174,8 @@ struct Slot {
     dms: DmsReport,
     /// Log-likelihood of the scored text (scoring requests only).
     score: Option<f64>,
+    /// Decode steps until the fault-injection hook panics (tests only).
+    fault_in: Option<u32>,
 }
 
 /// Forwards generated text and log-probabilities to a request's event channel.
@@ -210,11 +213,7 @@ fn admit(
         Ok(Ok(Started::Ended)) => return None,
         Ok(Err(e)) => e,
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
+            let msg = fault::panic_message(&*panic);
             tracing::error!("engine request panicked: {msg}");
             EngineError::Internal(msg)
         }
@@ -251,6 +250,7 @@ fn start(
     stats: &EngineStats,
 ) -> Result<Started, EngineError> {
     let request = &job.request;
+    fault::trip(job.fault, Stage::Prompt);
     let mut images = Vec::new();
     for part in request.messages.iter().flat_map(|m| &m.content) {
         if let ContentPart::Image(bytes) = part {
@@ -265,6 +265,7 @@ fn start(
         Some(text) => Prompt::raw(rt.model(), text)?,
         None => Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?,
     };
+    fault::trip(job.fault, Stage::Dms);
     let dms = match pick_scheduler(&config.schedulers, &request.dms)? {
         None => off_report(images.len()),
         Some(scheduler) => {
@@ -300,6 +301,7 @@ fn start(
     let seq = slot as i32;
     place.chosen = Some(seq);
     slot_units[slot].clear();
+    fault::trip(job.fault, Stage::Prefill);
     let prefill = rt.prefill_from(&prompt, &dms.weights, seq, &units, keep)?;
     let cached_tokens = positions(&units[..keep.min(units.len().saturating_sub(1))]);
     let mut sampling = request.sampling.clone();
@@ -323,6 +325,7 @@ fn start(
         prefill,
         dms,
         score: None,
+        fault_in: (job.fault == Some(Stage::Decode)).then_some(2),
     };
     if let Some(text) = &request.score {
         // Teacher-force the text instead of generating; the sequence then holds it too.
@@ -393,7 +396,19 @@ fn step_all(
         };
         slot.decoding.n_past += 1;
         slot.units.push(Unit::Token(slot.pending));
-        let step = rt.step(&mut slot.decoding, row as i32, &mut emitter(&slot.events));
+        // A panic here fails only this request; the others in the batch go on.
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(n) = slot.fault_in.as_mut() {
+                *n -= 1;
+                fault::trip((*n == 0).then_some(Stage::Decode), Stage::Decode);
+            }
+            rt.step(&mut slot.decoding, row as i32, &mut emitter(&slot.events))
+        }))
+        .unwrap_or_else(|panic| {
+            let msg = fault::panic_message(&*panic);
+            tracing::error!("engine decode step panicked: {msg}");
+            Err(EngineError::Internal(msg))
+        });
         match step {
             Ok(Step::Next(token)) => {
                 slot.pending = token;
