@@ -170,12 +170,7 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             let _ = stopping_tx.send(true);
         });
         let header_timeout = Duration::from_secs(args.header_timeout);
-        let mut server = tokio::spawn(accept_loop(
-            listener,
-            app,
-            header_timeout,
-            stopping.clone(),
-        ));
+        let mut server = tokio::spawn(accept_loop(listener, app, header_timeout, stopping.clone()));
         eprintln!("llama-dms: listening on http://{addr} (loading the model...)");
         let engine = match tokio::task::spawn_blocking(move || EngineHandle::start(config)).await {
             Ok(Ok(e)) => e,
@@ -284,7 +279,10 @@ async fn body_deadline(State(limit): State<Duration>, request: Request, next: Ne
     }
     let mut response = ApiError {
         status: StatusCode::REQUEST_TIMEOUT,
-        message: format!("the request body did not arrive within {}s", limit.as_secs()),
+        message: format!(
+            "the request body did not arrive within {}s",
+            limit.as_secs()
+        ),
         kind: "invalid_request_error",
         param: None,
         code: Some("timeout"),
