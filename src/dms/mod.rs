@@ -93,13 +93,28 @@ impl ModalityWeights {
         }
     }
 
-    /// The weights rounded to multiples of `step`.
+    /// The weights rounded to multiples of `step`, keeping their sum: each weight moves down
+    /// or up to a neighbouring multiple (largest remainders up) so that the total is the
+    /// original sum rounded to `step` (rounding each weight alone could move a sum of `M` by
+    /// up to `M * step / 2`). Non-finite weights, or a non-finite or non-positive `step`,
+    /// leave the weights unchanged.
     pub fn quantized(&self, step: f32) -> Self {
-        let q = |w: f32| (w / step).round() * step;
-        Self {
-            images: self.images.iter().map(|&w| q(w)).collect(),
-            text: q(self.text),
+        let v = self.as_vec();
+        if !(step.is_finite() && step > 0.0 && v.iter().all(|w| w.is_finite())) {
+            return self.clone();
         }
+        let step = f64::from(step);
+        let units: Vec<f64> = v.iter().map(|&w| f64::from(w) / step).collect();
+        let mut q: Vec<f64> = units.iter().map(|u| u.floor()).collect();
+        let target = units.iter().sum::<f64>().round();
+        let missing = (target - q.iter().sum::<f64>()).max(0.0) as usize;
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&a, &b| (units[b] - q[b]).total_cmp(&(units[a] - q[a])));
+        for &i in order.iter().take(missing) {
+            q[i] += 1.0;
+        }
+        let out: Vec<f32> = q.iter().map(|&k| (k * step) as f32).collect();
+        Self::from_vec(&out)
     }
 
     /// Checks there is one finite, non-negative weight per image (and for the text).

@@ -31,12 +31,12 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
         let v = -(logits.len() as f64).ln() as f32;
         return vec![v; logits.len()];
     }
-    let sum: f64 = sanitise_logits(logits)
-        .map(|x| f64::from(x - max).exp())
-        .sum();
-    let lse = f64::from(max) + sum.ln();
+    // `(x - max) - ln(sum)`, not `x - (max + ln(sum))`: near f32::MAX the latter loses ln(sum).
+    let shifted = |x: f32| f64::from(x) - f64::from(max);
+    let sum: f64 = sanitise_logits(logits).map(|x| shifted(x).exp()).sum();
+    let ln_sum = sum.ln();
     sanitise_logits(logits)
-        .map(|x| (f64::from(x) - lse) as f32)
+        .map(|x| (shifted(x) - ln_sum) as f32)
         .collect()
 }
 
@@ -242,7 +242,8 @@ pub fn mwc_loss(weights: &[f32], fused: &[f32], unimodal: &[Vec<f32>]) -> f32 {
         .sum();
     let loss = total / weights.len() as f64;
     if loss.is_finite() {
-        loss.max(0.0) as f32
+        // Clamped so that huge weights cannot overflow the f32.
+        loss.clamp(0.0, f64::from(f32::MAX)) as f32
     } else {
         0.0
     }
