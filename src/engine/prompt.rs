@@ -123,6 +123,12 @@ impl Prompt {
                         content.push_str(&format!("{TEXT_MARK}{}{END_MARK}", user_texts.len()));
                         user_texts.push(t.clone());
                     }
+                    // The template gets C strings: a NUL would fail it as a server error.
+                    ContentPart::Text(t) if t.contains('\0') => {
+                        return Err(EngineError::InvalidRequest(
+                            "message text must not contain NUL characters".into(),
+                        ))
+                    }
                     ContentPart::Text(t) => content.push_str(&strip_marks(t)),
                     ContentPart::Image(_) => {
                         content.push_str(&format!("{IMAGE_MARK}{n_images}{END_MARK}"));
