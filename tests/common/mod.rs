@@ -160,17 +160,24 @@ pub fn start_server(model: &Path, mmproj: &Path) -> (Server, String) {
 
 /// [`start_server`] with extra `serve` flags.
 pub fn start_server_with(model: &Path, mmproj: &Path, extra: &[&str]) -> (Server, String) {
+    start_server_env(model, mmproj, extra, &[])
+}
+
+/// [`start_server_with`] with extra environment variables for the server process.
+pub fn start_server_env(
+    model: &Path,
+    mmproj: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Server, String) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_llama-dms"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--threads",
-            "2",
-        ])
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(if extra.contains(&"--threads") {
+            &[][..]
+        } else {
+            &["--threads", "2"][..]
+        })
         .args([
             "--model",
             model.to_str().unwrap(),
@@ -178,6 +185,7 @@ pub fn start_server_with(model: &Path, mmproj: &Path, extra: &[&str]) -> (Server
             mmproj.to_str().unwrap(),
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
