@@ -524,3 +524,49 @@ async fn text_completions_logprobs_and_response_format() {
     let (s, v, _) = post_chat(&app, Some(unknown), None).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "unknown response_format");
 }
+
+#[tokio::test]
+async fn metrics_need_the_key_unless_made_public() {
+    let limits = || Limits::default();
+    let keyed = AppState::new(vec!["secret-1".into()], limits());
+    keyed.set_engine(engine(4));
+    let app = router(keyed, &[]);
+    let (s, v, _) = call(&app, "GET", "/metrics", None, None).await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "metrics without a key");
+    let (s, _, _) = call(&app, "GET", "/metrics", None, Some("secret-1")).await;
+    assert_eq!(s, StatusCode::OK, "metrics with the key");
+    let (s, _, _) = call(&app, "GET", "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK, "health stays public");
+
+    let public = AppState::new(vec!["secret-1".into()], limits()).with_public_metrics(true);
+    public.set_engine(engine(4));
+    let app = router(public, &[]);
+    let (s, v, _) = call(&app, "GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK, "--metrics-public: {v}");
+    let (s, v, _) = call(&app, "GET", "/v1/models", None, None).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNAUTHORIZED,
+        "the API still needs the key",
+    );
+}
+
+#[test]
+fn keys_match_whole_and_only_whole() {
+    use llama_dms::api::key_matches;
+    let keys = vec!["sk-one".to_string(), "sk-two-longer".to_string()];
+    assert!(key_matches(&keys, b"sk-one"));
+    assert!(key_matches(&keys, b"sk-two-longer"));
+    for wrong in [
+        &b""[..],
+        b"sk-on",
+        b"sk-one ",
+        b"sk-two",
+        b"SK-ONE",
+        b"\xff",
+    ] {
+        assert!(!key_matches(&keys, wrong), "{wrong:?}");
+    }
+    assert!(!key_matches(&[], b"sk-one"));
+}

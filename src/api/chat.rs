@@ -10,8 +10,8 @@ use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::engine::{
-    ContentPart as EngineContent, DmsMode, DmsSettings, Event, GenerateRequest, Message,
-    ResponseFormat, Role as EngineRole, TokenLogprob,
+    ContentPart as EngineContent, DmsMode, DmsSettings, EngineError, Event, GenerateRequest,
+    Message, ResponseFormat, Role as EngineRole, TokenLogprob,
 };
 use crate::llama::SamplerParams;
 
@@ -67,8 +67,11 @@ pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateReque
     in_range(f.top_k, 0, i32::MAX, "top_k")?;
     in_range(f.presence_penalty, -2.0, 2.0, "presence_penalty")?;
     in_range(f.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
-    let max_tokens = f.max_completion_tokens.or(f.max_tokens);
-    in_range(max_tokens, 1, n_ctx as i64, "max_tokens")?;
+    let (max_tokens, max_param) = match f.max_completion_tokens {
+        Some(n) => (Some(n), "max_completion_tokens"),
+        None => (f.max_tokens, "max_tokens"),
+    };
+    in_range(max_tokens, 1, n_ctx as i64, max_param)?;
     let defaults = SamplerParams::default();
     let sampling = SamplerParams {
         temperature: f.temperature.unwrap_or(defaults.temperature),
@@ -89,6 +92,12 @@ pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateReque
             None => ResponseFormat::JsonObject,
         }),
     };
+    // Convert the schema now, so that a bad one is refused before the request is queued.
+    if let Some(format) = &response_format {
+        format
+            .grammar()
+            .map_err(|e| ApiError::bad_param("response_format", e.to_string()))?;
+    }
     Ok(GenerateRequest {
         sampling,
         max_tokens: max_tokens.map_or(n_ctx, |n| n as usize),
@@ -168,7 +177,59 @@ pub fn to_engine_request(
     }
     request.messages = messages;
     request.dms = dms_settings(req.dms, n_images)?;
+    check_scheduler(&request.dms, state)?;
     Ok(request)
+}
+
+/// Refuses a scheduler the engine does not have, naming `dms.scheduler` / `dms.mode`.
+fn check_scheduler(dms: &DmsSettings, state: &AppState) -> Result<(), ApiError> {
+    if !matches!(dms.mode, DmsMode::Rule | DmsMode::Learned) {
+        return Ok(());
+    }
+    let registry = state.engine()?.schedulers();
+    match &dms.scheduler {
+        Some(name) if registry.get(name).is_none() => Err(ApiError::bad_param(
+            "dms.scheduler",
+            format!(
+                "unknown scheduler {name:?}; available: {}",
+                registry.names().join(", ")
+            ),
+        )),
+        None if dms.mode == DmsMode::Learned && registry.default_learned().is_none() => {
+            Err(ApiError::bad_param(
+                "dms.mode",
+                "no learned scheduler plugin is loaded on this server",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The request field of each image, in the engine's order (`messages[i].content[j].image_url`;
+/// message parts map one to one onto the engine's).
+fn image_params(request: &GenerateRequest) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, m) in request.messages.iter().enumerate() {
+        for (j, part) in m.content.iter().enumerate() {
+            if matches!(part, EngineContent::Image(_)) {
+                out.push(format!("messages[{i}].content[{j}].image_url"));
+            }
+        }
+    }
+    out
+}
+
+/// An engine error as an HTTP error, naming the image at fault when there is one.
+fn engine_error(e: EngineError, images: &[String]) -> ApiError {
+    let param = match &e {
+        EngineError::Image { index, .. } => images.get(*index).cloned(),
+        _ => None,
+    };
+    let mut error = ApiError::from(e);
+    if error.status == axum::http::StatusCode::BAD_REQUEST && param.is_some() {
+        error.param = param;
+    }
+    error
 }
 
 fn rand_seed() -> u32 {
@@ -273,6 +334,7 @@ pub async fn complete(
     shape: Shape,
 ) -> Result<Response, ApiError> {
     let wants_logprobs = request.top_logprobs.is_some();
+    let images = image_params(&request);
     let mut events = state.engine()?.submit(request)?;
     let mut text = String::new();
     let mut logprobs = Vec::new();
@@ -280,7 +342,7 @@ pub async fn complete(
         match event {
             Event::Text(t) => text.push_str(&t),
             Event::Logprob(lp) => logprobs.push(logprob_json(&lp)),
-            Event::Error(e) => return Err(e.into()),
+            Event::Error(e) => return Err(engine_error(e, &images)),
             Event::Done(done) => {
                 let usage = usage_of(done.usage);
                 tracing::info!(
@@ -321,15 +383,22 @@ pub async fn complete(
 }
 
 /// Streams a request as OpenAI chunks over server-sent events. Dropping the connection drops
-/// the engine's event stream, which cancels the generation.
-pub fn stream(
+/// the engine's event stream, which cancels the generation. The stream starts only once the
+/// engine has accepted the request (its first event), so that a request it refuses (a bad
+/// image, a prompt longer than the context) is a plain HTTP error, not an error inside a 200.
+pub async fn stream(
     state: &AppState,
     request: GenerateRequest,
     model: String,
     shape: Shape,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
+    let images = image_params(&request);
     let mut events = state.engine()?.submit(request)?;
+    let mut first = match events.recv().await {
+        Some(Event::Error(e)) => return Err(engine_error(e, &images)),
+        other => other,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(32);
     let (id, created) = (shape.id(), now());
     let object = if shape == Shape::Chat {
@@ -359,7 +428,16 @@ pub fn stream(
                 return;
             }
         }
-        while let Some(event) = events.recv().await {
+        let mut ended = false; // a Done or Error arrived (else the engine died: say so)
+        loop {
+            let event = match first.take() {
+                Some(event) => event,
+                None => match events.recv().await {
+                    Some(event) => event,
+                    None => break,
+                },
+            };
+            ended |= matches!(event, Event::Done(_) | Event::Error(_));
             let out = match event {
                 Event::Text(t) => vec![send(chunk(Some(&t), None, None))],
                 Event::Logprob(lp) => {
@@ -388,6 +466,9 @@ pub fn stream(
                     return; // client gone: dropping `events` cancels the request
                 }
             }
+        }
+        if !ended {
+            let _ = tx.send(Ok(send(ApiError::internal().body()))).await;
         }
         let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });

@@ -60,7 +60,27 @@ pub fn load_image(url: &str, policy: &MediaPolicy, param: &str) -> Result<Vec<u8
             format!("image is larger than {} bytes", policy.max_bytes),
         ));
     }
+    if bytes.is_empty() {
+        return Err(ApiError::bad_param(param, "the image is empty"));
+    }
+    check_complete(&bytes).map_err(|m| ApiError::bad_param(param, m))?;
     Ok(bytes)
+}
+
+/// Refuses a JPEG that was cut short: its decoder would quietly fill the missing part with
+/// grey. A JPEG must end its last scan (`SOS`) with an end-of-image marker; neither marker can
+/// occur inside entropy-coded data, and an embedded thumbnail ends before the main scan.
+fn check_complete(bytes: &[u8]) -> Result<(), &'static str> {
+    if !bytes.starts_with(&[0xff, 0xd8]) {
+        return Ok(()); // not a JPEG: PNG, GIF and WebP decoders refuse truncation themselves
+    }
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    let ends = last_scan.is_some_and(|at| bytes[at..].windows(2).any(|w| w == [0xff, 0xd9]));
+    if ends {
+        Ok(())
+    } else {
+        Err("truncated JPEG (no end-of-image marker after its last scan)")
+    }
 }
 
 /// Whether an address is one a server must never be made to fetch from.
@@ -245,6 +265,22 @@ mod tests {
             assert_eq!(e.status, 400, "{bad}");
         }
         assert!(load_image("http://127.0.0.1/x.png", &policy(), "p").is_err());
+        let empty = load_image("data:image/png;base64,", &policy(), "p").unwrap_err();
+        assert_eq!(empty.param.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        let img =
+            image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 7]));
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = jpeg.into_inner();
+        assert!(check_complete(&jpeg).is_ok());
+        assert!(check_complete(&jpeg[..jpeg.len() - 1]).is_err());
+        assert!(check_complete(&jpeg[..jpeg.len() / 2]).is_err());
+        assert!(check_complete(&jpeg[..20]).is_err());
+        assert!(check_complete(b"\x89PNG not checked here").is_ok());
     }
 
     #[test]

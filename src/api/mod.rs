@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
-use subtle::ConstantTimeEq;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::EngineHandle;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub started: u64,
     /// HTTP counters for `/metrics`.
     pub http: Arc<metrics::HttpMetrics>,
+    /// Serve `/metrics` without a key even when keys are set (`--metrics-public`).
+    pub metrics_public: bool,
 }
 
 impl AppState {
@@ -76,7 +79,15 @@ impl AppState {
             limits: Arc::new(limits),
             started: chat::now(),
             http: Arc::default(),
+            metrics_public: false,
         }
+    }
+
+    /// Opens `/metrics` to clients without a key (it is behind the key by default whenever
+    /// keys are set).
+    pub fn with_public_metrics(mut self, public: bool) -> Self {
+        self.metrics_public = public;
+        self
     }
 
     /// Hands over the loaded engine.
@@ -104,17 +115,23 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             state.clone(),
             require_api_key,
         ));
-    let mut app = Router::new()
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(middleware::from_fn_with_state(
+    let mut metrics_route = Router::new().route("/metrics", get(metrics::metrics));
+    if !state.metrics_public {
+        metrics_route = metrics_route.route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
-        ))
+        ));
+    }
+    let mut app = metrics_route
         .nest("/v1", v1)
         .route("/health", get(health))
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("unknown route") })
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            declared_body_limit,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count_and_log,
@@ -133,6 +150,44 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     app
 }
 
+/// Answers 413 at once when `Content-Length` already claims more than the body limit (instead
+/// of waiting for a body that may never come).
+async fn declared_body_limit(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.limits.max_body_bytes as u64) {
+        return ApiError::too_large().into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether `given` is one of `keys`. Both sides are hashed first and every key is compared,
+/// so the time taken depends neither on where a guess differs nor on the keys' lengths.
+pub fn key_matches(keys: &[String], given: &[u8]) -> bool {
+    let given = Sha256::digest(given);
+    let hit = keys.iter().fold(Choice::from(0), |acc, key| {
+        acc | Sha256::digest(key.as_bytes()).ct_eq(&given)
+    });
+    bool::from(hit)
+}
+
+/// The key of an `Authorization: Bearer <key>` header (the scheme is case-insensitive).
+fn bearer(value: &[u8]) -> &[u8] {
+    let (scheme, rest) = value.split_at(value.len().min(7));
+    if scheme.eq_ignore_ascii_case(b"bearer ") {
+        rest.trim_ascii()
+    } else {
+        b""
+    }
+}
+
 /// Checks `Authorization: Bearer <key>` in constant time when keys are configured.
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if state.api_keys.is_empty() {
@@ -141,13 +196,9 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok = state.api_keys.iter().fold(false, |acc, key| {
-        acc | bool::from(key.as_bytes().ct_eq(given.as_bytes()))
-    });
-    if ok {
+        .map_or(&b""[..], |v| bearer(v.as_bytes()));
+    // An empty key never matches (not even a configured empty one).
+    if !given.is_empty() && key_matches(&state.api_keys, given) {
         next.run(request).await
     } else {
         ApiError::unauthorized().into_response()
@@ -180,8 +231,22 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
             let path = e.path().to_string();
             let inner = e.into_inner();
             let message = format!("invalid JSON body: {inner}");
-            if path.is_empty() || path == "." || inner.is_syntax() || inner.is_eof() {
+            // serde_json reports some type errors (a number where an enum goes) as syntax
+            // errors: when the body is valid JSON, the fault is the value at `path`.
+            let valid = || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+            let object = bytes.trim_ascii_start().first() == Some(&b'{');
+            let too_deep = message.contains("recursion limit exceeded");
+            if inner.is_eof() || too_deep || (inner.is_syntax() && !valid()) {
                 ApiError::bad_request(message)
+            } else if !object {
+                ApiError::bad_request("the request body must be a JSON object")
+            } else if path.is_empty() || path == "." {
+                ApiError::bad_request(message)
+            } else if inner.is_syntax() {
+                ApiError::bad_param(
+                    &path,
+                    format!("invalid JSON body: {path} has a value of the wrong type"),
+                )
             } else {
                 ApiError::bad_param(&path, message)
             }
@@ -256,9 +321,14 @@ fn stream_flags(f: &GenerationRequest) -> (bool, bool) {
 
 fn check_model(requested: Option<&str>, loaded: &str) -> Result<(), ApiError> {
     match requested {
-        Some(m) if !m.is_empty() && m != loaded => Err(ApiError::not_found(format!(
-            "model {m:?} not found; this server runs {loaded:?}"
-        ))),
+        Some(m) if !m.is_empty() && m != loaded => {
+            // Echo at most a short prefix of what the client sent.
+            let shown: String = m.chars().take(64).collect();
+            let more = if shown.len() < m.len() { "..." } else { "" };
+            Err(ApiError::not_found(format!(
+                "model {shown:?}{more} not found; this server runs {loaded:?}"
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -272,7 +342,7 @@ async fn respond(
     include_usage: bool,
 ) -> Result<Response, ApiError> {
     if streaming {
-        chat::stream(state, request, model, shape, include_usage)
+        chat::stream(state, request, model, shape, include_usage).await
     } else {
         chat::complete(state, request, model, shape).await
     }
@@ -330,5 +400,27 @@ async fn health(State(state): State<AppState>) -> Response {
             axum::Json(json!({"status": "ok", "model": engine.info().name})).into_response()
         }
         Err(e) => (e.status, axum::Json(json!({"status": "loading"}))).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_nothing_else_counts() {
+        assert_eq!(bearer(b"Bearer k1"), b"k1");
+        assert_eq!(bearer(b"bearer  k1 "), b"k1");
+        assert_eq!(bearer(b"BEARER k1"), b"k1");
+        for other in [
+            &b"Basic k1"[..],
+            b"k1",
+            b"Token k1",
+            b"Bearer",
+            b"Bearerk1",
+            b"",
+        ] {
+            assert_eq!(bearer(other), b"", "{other:?}");
+        }
     }
 }

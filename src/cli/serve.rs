@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Largest image in pixels (width x height).
     #[arg(long, env = "LLAMA_DMS_MAX_IMAGE_PIXELS", default_value_t = 4096 * 4096)]
     pub max_image_pixels: u64,
+    /// Serve `/metrics` without a key even when API keys are set (it needs one by default).
+    #[arg(long, env = "LLAMA_DMS_METRICS_PUBLIC")]
+    pub metrics_public: bool,
     /// Seconds that running requests may take to finish after Ctrl-C/SIGTERM; then they are
     /// cancelled and the server exits.
     #[arg(long, env = "LLAMA_DMS_SHUTDOWN_TIMEOUT", default_value_t = 30)]
@@ -159,7 +162,7 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(2, &format!("cannot listen on {addr}: {e}")),
         };
-        let state = AppState::new(api_keys, limits);
+        let state = AppState::new(api_keys, limits).with_public_metrics(args.metrics_public);
         let app = router(state.clone(), &args.cors_origins).layer(middleware::from_fn_with_state(
             Duration::from_secs(args.body_timeout),
             body_deadline,
