@@ -58,7 +58,10 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "learned".into());
-    let command: Vec<String> = std::env::args().collect();
+    // Recorded as `llama-dms ...`, whatever path the binary was started from.
+    let command: Vec<String> = std::iter::once("llama-dms".to_string())
+        .chain(std::env::args().skip(1))
+        .collect();
     scheduler.trained = Some(TrainedInfo {
         command: command.join(" "),
         examples: examples.len(),
