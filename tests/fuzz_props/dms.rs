@@ -167,7 +167,7 @@ fn dms_shipped_plugins() {
             )
         })
         .collect();
-    property("dms_shipped_plugins", 400, signals(), |sig| {
+    property("dms_shipped_plugins", 1000, signals(), |sig| {
         for (s, bounds) in &schedulers {
             if s.kind() == "off" {
                 prop_assert_eq!(
@@ -192,7 +192,7 @@ fn dms_rule_extreme_parameters() {
     );
     property(
         "dms_rule_extreme_parameters",
-        800,
+        3000,
         (rule, signals()),
         |((alpha, beta, gamma, (tau, w_min, w_max)), sig)| {
             let r = RuleScheduler {
@@ -223,7 +223,7 @@ fn dms_learned_extreme_parameters() {
     });
     property(
         "dms_learned_extreme_parameters",
-        800,
+        3000,
         (mlp, signals()),
         |((w1, b1, w2, b2, (tau, w_min, w_max)), sig)| {
             let mut l = LearnedScheduler::zeros("p", w1.len());
@@ -244,7 +244,7 @@ fn dms_fixed_scheduler() {
     let weights = (prop::collection::vec(wild(), 0..=8), wild());
     property(
         "dms_fixed_scheduler",
-        500,
+        2000,
         (weights, 0usize..=8),
         |((images, text), n)| {
             let w = ModalityWeights { images, text };
@@ -277,7 +277,7 @@ fn logits() -> impl Strategy<Value = Vec<f32>> {
 #[test]
 fn dms_signal_functions() {
     let strategy = (logits(), prop::collection::vec(logits(), 0..6), logits());
-    property("dms_signal_functions", 800, strategy, |(a, samples, b)| {
+    property("dms_signal_functions", 3000, strategy, |(a, samples, b)| {
         let ls = log_softmax(&a);
         prop_assert_eq!(ls.len(), a.len());
         prop_assert!(ls.iter().all(|x| !x.is_nan() && *x <= 1e-6), "{:?}", ls);
@@ -325,7 +325,7 @@ fn dms_pooling_and_mwc() {
     );
     property(
         "dms_pooling_and_mwc",
-        800,
+        3000,
         (rows, mwc),
         |((width, gw, gh, rows), (w, fused, uni))| {
             let finite = |x: f32| if x.is_finite() { f64::from(x) } else { 0.0 };

@@ -161,7 +161,7 @@ fn image_valid_sizes_decode_exactly() {
     let strategy = (format(), 1u32..48, 1u32..48, any::<u8>(), 1u64..3000);
     property(
         "image_valid_sizes_decode_exactly",
-        400,
+        1000,
         strategy,
         |(f, w, h, seed, limit)| {
             let bytes = encode(f, w, h, seed);
@@ -197,7 +197,7 @@ fn image_mutated_bytes_never_panic_or_exceed_the_limit() {
     );
     property(
         "image_mutated_bytes",
-        600,
+        2000,
         strategy,
         |(f, w, h, muts, limit)| {
             let bytes = mutate(encode(f, w, h, 3), &muts);
@@ -226,7 +226,7 @@ fn image_arbitrary_bytes_never_panic() {
     );
     property(
         "image_arbitrary_bytes",
-        800,
+        3000,
         strategy,
         |(magic, tail, limit)| {
             let bytes: Vec<u8> = magic.into_iter().chain(tail).collect();
@@ -247,7 +247,7 @@ fn image_huge_header_claims_are_refused_quickly() {
     let strategy = (format(), dim.clone(), dim, 1u64..(1 << 24));
     property(
         "image_huge_header_claims",
-        300,
+        1000,
         strategy,
         |(f, w, h, limit)| {
             let mut bytes = encode(f, 4, 3, 9);

@@ -426,7 +426,7 @@ fn apply(mut bytes: Vec<u8>, damage: &[Damage]) -> Vec<u8> {
 
 #[test]
 fn request_parser_structured_json() {
-    property("request_parser_structured_json", 1500, request(), |body| {
+    property("request_parser_structured_json", 5000, request(), |body| {
         check_body(serde_json::to_vec(&body).expect("serialise"))
     });
 }
@@ -436,7 +436,7 @@ fn request_parser_damaged_json() {
     let strategy = (request(), prop::collection::vec(damage(), 1..4));
     property(
         "request_parser_damaged_json",
-        800,
+        3000,
         strategy,
         |(body, damage)| {
             check_body(apply(
@@ -453,7 +453,7 @@ fn request_parser_arbitrary_bytes() {
         prop::collection::vec(any::<u8>(), 0..300),
         any_json().prop_map(|v| serde_json::to_vec(&v).expect("serialise")),
     ];
-    property("request_parser_arbitrary_bytes", 800, bytes, check_body);
+    property("request_parser_arbitrary_bytes", 3000, bytes, check_body);
 }
 
 /// Regression cases found or worth pinning: each is rejected with a 4xx, or accepted sanely.

@@ -185,7 +185,7 @@ fn chat_template_tiny_model() {
     let tiny = common::tiny_models();
     run(
         "chat_template_tiny_model",
-        400,
+        1500,
         &tiny.model,
         Some(&tiny.mmproj),
     );
@@ -194,7 +194,7 @@ fn chat_template_tiny_model() {
 #[test]
 fn chat_template_demo_model() {
     match common::demo_paths() {
-        Some(demo) => run("chat_template_demo_model", 200, &demo.model, None),
+        Some(demo) => run("chat_template_demo_model", 600, &demo.model, None),
         None => skipped(
             "chat_template_demo_model",
             "the demo model could not be prepared",
