@@ -272,6 +272,18 @@ fn dms_settings(
             .ok_or_else(|| ApiError::bad_param("dms.weights", "mode fixed needs weights"))?;
         w.check(n_images)
             .map_err(|e| ApiError::bad_param("dms.weights", e.to_string()))?;
+    } else if let Some(w) = &d.weights {
+        // Unused outside mode fixed, but still not accepted when they make no sense.
+        if w.images
+            .iter()
+            .chain([&w.text])
+            .any(|v| !v.is_finite() || *v < 0.0)
+        {
+            return Err(ApiError::bad_param(
+                "dms.weights",
+                "weights must be finite and >= 0",
+            ));
+        }
     }
     let defaults = DmsSettings::default();
     Ok(DmsSettings {

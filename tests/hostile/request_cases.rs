@@ -325,6 +325,7 @@ pub fn limits_and_dms() -> Vec<Case> {
         Case::new(d, "NaN weight", wire::post(CHAT, r#"{"messages": [{"role": "user", "content": "hi"}], "dms": {"mode": "fixed", "weights": {"images": [], "text": NaN}}}"#), 400),
         Case::new(d, "weights for 2 images, 1 sent", one_image(json!({"dms": {"mode": "fixed", "weights": {"images": [1.0, 1.0], "text": 1.0}}})), 400).param("dms.weights"),
         Case::new(d, "fixed without weights", dms(json!({"mode": "fixed"})), 400).param("dms.weights"),
+        Case::new(d, "negative weight under rule (unused, still refused)", dms(json!({"mode": "rule", "weights": {"images": [], "text": -2.0}})), 400).param("dms.weights"),
         Case::new(d, "unknown mode", dms(json!({"mode": "magic"})), 400).param("dms.mode"),
         Case::new(d, "unknown scheduler", one_image(json!({"dms": {"mode": "rule", "scheduler": "no-such-plugin"}})), 400).param("dms.scheduler"),
         Case::new(d, "mc_samples 10^6", dms(json!({"mode": "rule", "mc_samples": 1_000_000})), 400).param("dms.mc_samples"),
