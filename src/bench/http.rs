@@ -117,16 +117,7 @@ pub fn stream_chat(base: &str, api_key: Option<&str>, body: &Value) -> Result<Ht
     let start = Instant::now();
     let response = request
         .send_string(&body.to_string())
-        .map_err(|e| match e {
-            ureq::Error::Status(code, r) => {
-                let text = r.into_string().unwrap_or_default();
-                format!(
-                    "{url}: HTTP {code}: {}",
-                    text.chars().take(300).collect::<String>()
-                )
-            }
-            other => format!("{url}: {other}"),
-        })?;
+        .map_err(|e| describe(&url, e))?;
     let mut first = None;
     let (mut chunks, mut usage) = (0usize, None);
     for line in BufReader::new(response.into_reader()).lines() {

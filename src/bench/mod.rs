@@ -16,7 +16,6 @@ use crate::engine::{
     ContentPart, DmsMode, DmsSettings, Done, EngineError, EngineHandle, Event, GenerateRequest,
     Message, Role,
 };
-use crate::llama::SamplerParams;
 use crate::models::colour::COLOURS;
 
 /// Median, smallest and largest of a set of measurements.
@@ -111,24 +110,14 @@ pub fn chat_request(
     dms: &DmsSettings,
     max_tokens: usize,
 ) -> GenerateRequest {
-    let mut content: Vec<ContentPart> = image
-        .map(|b| ContentPart::Image(b.to_vec()))
-        .into_iter()
-        .collect();
-    content.push(ContentPart::Text(question.into()));
-    let mut request = GenerateRequest::new(vec![
+    let mut request = crate::eval::request(image.map(<[u8]>::to_vec), question, dms, max_tokens);
+    request.messages.insert(
+        0,
         Message {
             role: Role::System,
             content: vec![ContentPart::Text(system.into())],
         },
-        Message {
-            role: Role::User,
-            content,
-        },
-    ]);
-    request.sampling = SamplerParams::greedy();
-    request.max_tokens = max_tokens;
-    request.dms = dms.clone();
+    );
     request
 }
 

@@ -20,8 +20,8 @@ use crate::bench::{
     bench_image, mode_round, peak_rss_mib, system_prompt, ModeFigures, ModeRound, Stat,
     IMAGE_QUESTION, TEXT_QUESTION,
 };
-use crate::engine::{DmsSettings, EngineHandle};
-use crate::eval::mode_settings;
+use crate::engine::EngineHandle;
+use crate::eval::parse_modes;
 
 /// Arguments of `llama-dms bench`.
 #[derive(Debug, Clone, Args)]
@@ -51,12 +51,7 @@ pub struct BenchArgs {
 }
 
 pub(super) fn bench(args: &BenchArgs) -> ExitCode {
-    let modes: Vec<(String, DmsSettings)> = match args
-        .modes
-        .iter()
-        .map(|m| mode_settings(m).map(|s| (m.clone(), s)))
-        .collect()
-    {
+    let modes = match parse_modes(&args.modes) {
         Ok(s) => s,
         Err(e) => return fail(2, &e),
     };

@@ -17,7 +17,7 @@ use crate::eval::dataset::{colour_grid, Item};
 use crate::eval::grid::grid_example;
 use crate::eval::report::{cells, consistency_aucs, groups, markdown, Summary};
 use crate::eval::tasks::{caption, image_items, retrieve};
-use crate::eval::{answer_item, mode_settings, Outcome};
+use crate::eval::{answer_item, mode_settings, parse_modes, Outcome};
 
 /// Generated evaluation suites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,12 +207,7 @@ fn jobs<'a>(
 }
 
 pub(super) fn eval(args: &EvalArgs) -> ExitCode {
-    let modes: Vec<(String, DmsSettings)> = match args
-        .modes
-        .iter()
-        .map(|m| mode_settings(m).map(|s| (m.clone(), s)))
-        .collect()
-    {
+    let modes = match parse_modes(&args.modes) {
         Ok(s) => s,
         Err(e) => return fail(2, &e),
     };

@@ -66,6 +66,14 @@ pub fn mode_settings(mode: &str) -> Result<DmsSettings, String> {
     Ok(DmsSettings::mode(mode))
 }
 
+/// The settings of each mode name in `names`, in order.
+pub fn parse_modes(names: &[String]) -> Result<Vec<(String, DmsSettings)>, String> {
+    names
+        .iter()
+        .map(|m| mode_settings(m).map(|s| (m.clone(), s)))
+        .collect()
+}
+
 /// The first colour word in `answer` (aliases mapped to the demo's words), if any.
 pub fn first_colour(answer: &str) -> Option<&'static str> {
     const ALIASES: [(&str, &str); 3] = [
