@@ -277,18 +277,18 @@ fn sigterm_past_the_grace_period_closes_streams_and_exits() {
     let refused = TcpStream::connect(("127.0.0.1", port)).is_err();
     record(
         "SIGTERM past --shutdown-timeout",
-        "exit 0 within a few seconds; the running stream ends (closed, no [DONE]); the running non-streaming request gets no response (closed); new connections refused",
+        "exit 0 within a few seconds; the running stream ends with an error event (the engine has stopped); the running non-streaming request gets 503; new connections refused",
         format!(
-            "exit {exit:?} after {:?}; stream read {:?}, [DONE] {}; non-streaming status {status}; refused {refused}",
+            "exit {exit:?} after {:?}; stream read {:?}, error event {}; non-streaming status {status}; refused {refused}",
             started.elapsed(),
             read.as_ref().map(|_| "EOF").map_err(|e| e.kind()),
-            rest.contains("[DONE]")
+            rest.contains("engine has stopped")
         ),
         exit.is_some_and(|e| e.success())
             && started.elapsed() < Duration::from_secs(15)
             && read.is_ok()
-            && !rest.contains("[DONE]")
-            && status == 0
+            && rest.contains("engine has stopped")
+            && status == 503
             && refused,
     );
 }

@@ -184,9 +184,9 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             "llama-dms: model {} ready on http://{addr}",
             engine.info().name
         );
-        state.set_engine(engine);
+        state.set_engine(engine.clone());
         let grace = Duration::from_secs(args.shutdown_timeout);
-        tokio::select! {
+        let code = tokio::select! {
             done = &mut server => match done {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &format!("server task failed: {e}")),
@@ -198,7 +198,19 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
+        };
+        // Stop the engine before the process exits: llama.cpp must not be mid-decode while
+        // the process tears down (that crashed). Cut requests get an error event; give their
+        // connections a moment to send it.
+        let stopped_in_time =
+            tokio::task::spawn_blocking(move || engine.shut_down(Duration::from_secs(10)))
+                .await
+                .unwrap_or(false);
+        if !stopped_in_time {
+            eprintln!("llama-dms: the engine did not stop within 10 s");
         }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        code
     })
 }
 

@@ -25,7 +25,9 @@ pub mod text;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc as tmpsc;
@@ -292,10 +294,43 @@ struct Job {
     fault: Option<fault::Stage>,
 }
 
+/// The request to stop the worker, and its answer.
+#[derive(Default)]
+pub(crate) struct Stop {
+    requested: AtomicBool,
+    finished: Mutex<bool>,
+    finished_cv: Condvar,
+}
+
+impl Stop {
+    /// Whether [`EngineHandle::shut_down`] was called.
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    /// Marks the worker finished (its model and context freed).
+    fn finish(&self) {
+        if let Ok(mut f) = self.finished.lock() {
+            *f = true;
+        }
+        self.finished_cv.notify_all();
+    }
+}
+
+/// Marks the worker finished when dropped: declared before the model, it drops after it.
+struct FinishOnDrop(Arc<Stop>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// A cloneable, thread-safe handle to the engine worker.
 #[derive(Clone)]
 pub struct EngineHandle {
     jobs: mpsc::SyncSender<Job>,
+    stop: Arc<Stop>,
     info: Arc<ModelInfo>,
     stats: Arc<EngineStats>,
     schedulers: Arc<crate::dms::Registry>,
@@ -310,18 +345,40 @@ impl EngineHandle {
         let stats = Arc::new(EngineStats::default());
         let worker_stats = Arc::clone(&stats);
         let schedulers = Arc::clone(&config.schedulers);
+        let stop = Arc::new(Stop::default());
+        let worker_stop = FinishOnDrop(Arc::clone(&stop));
         std::thread::Builder::new()
             .name("llama-dms-engine".into())
-            .spawn(move || worker::run(config, queue, ready_tx, &worker_stats))
+            .spawn(move || worker::run(config, queue, ready_tx, &worker_stats, worker_stop))
             .map_err(|e| EngineError::Internal(format!("cannot spawn the engine thread: {e}")))?;
         let info = ready_rx.recv().map_err(|_| EngineError::ShutDown)??;
         Ok(Self {
             jobs,
+            stop,
             info: Arc::new(info),
             stats,
             schedulers,
             fault: Arc::new(fault::FaultHook::from_env()),
         })
+    }
+
+    /// Stops the worker: running and queued requests end with [`EngineError::ShutDown`] and
+    /// the model is freed. Returns whether that finished within `wait`. Call it before the
+    /// process exits while requests may still run: llama.cpp must not be decoding while the
+    /// process tears down its globals.
+    pub fn shut_down(&self, wait: Duration) -> bool {
+        self.stop.requested.store(true, Ordering::Relaxed);
+        let Ok(finished) = self.stop.finished.lock() else {
+            return false;
+        };
+        match self
+            .stop
+            .finished_cv
+            .wait_timeout_while(finished, wait, |f| !*f)
+        {
+            Ok((f, _)) => *f,
+            Err(_) => false,
+        }
     }
 
     /// What the worker has done so far.

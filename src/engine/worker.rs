@@ -17,8 +17,8 @@ use super::runtime::Prefill;
 use super::stats::Outcome;
 use super::{
     decode_image, ContentPart, DmsMode, DmsReport, Done, EngineConfig, EngineError, EngineStats,
-    Event, FinishReason, Job, Message, ModalityWeights, ModelInfo, Prompt, RgbImage, Role, Runtime,
-    SignalCache, Timings, Usage,
+    Event, FinishOnDrop, FinishReason, Job, Message, ModalityWeights, ModelInfo, Prompt, RgbImage,
+    Role, Runtime, SignalCache, Timings, Usage,
 };
 
 pub(super) fn run(
@@ -26,6 +26,7 @@ pub(super) fn run(
     queue: mpsc::Receiver<Job>,
     ready: mpsc::Sender<Result<ModelInfo, EngineError>>,
     stats: &EngineStats,
+    stop: FinishOnDrop,
 ) {
     let params = ModelParams {
         n_gpu_layers: config.n_gpu_layers,
@@ -80,14 +81,29 @@ pub(super) fn run(
     let mut slot_units: Vec<Vec<Unit>> = vec![Vec::new(); parallel];
     // One token per running request, reused for every decode step.
     let mut step_batch = Batch::tokens(parallel);
-    loop {
-        // Admit waiting requests into free slots (block only when nothing is running).
+    'serve: loop {
+        if stop.0.requested() {
+            // Shutting down: what runs or waits ends with an error, then the model is freed.
+            for slot in slots.iter_mut().filter_map(Option::take) {
+                let seq = slot.decoding.seq;
+                let error = EngineError::ShutDown;
+                end_with_error(&mut rt, seq, &slot.events, error, stats, &mut slot_units);
+            }
+            while let Ok(job) = queue.try_recv() {
+                let _ = job.events.send(Event::Error(EngineError::ShutDown));
+            }
+            tracing::info!("engine shut down");
+            return;
+        }
+        // Admit waiting requests into free slots (block only when nothing is running, and
+        // then only briefly, to notice a shutdown).
         while slots.iter().any(Option::is_none) {
             let idle = slots.iter().all(Option::is_none);
             let job = if idle {
-                match queue.recv() {
+                match queue.recv_timeout(std::time::Duration::from_millis(100)) {
                     Ok(job) => job,
-                    Err(_) => {
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue 'serve,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
                         tracing::info!("engine stopped");
                         return;
                     }
