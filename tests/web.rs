@@ -43,7 +43,7 @@ fn require_browser_tools() {
 fn chat_page_in_headless_chromium() {
     require_browser_tools();
     let tiny = common::tiny_models();
-    // Built-in schedulers only (no learned one), so that mode `learned` fails mid-stream.
+    // Built-in schedulers only (no learned one), so that mode `learned` is refused (a 400).
     let no_plugins = common::scratch().join("no-plugins");
     let (_server, v1) = common::start_server_with(
         &tiny.model,

@@ -213,7 +213,7 @@ try {
   await page.screenshot({ path: join(outDir, "desktop-dark.png") });
   await page.emulateMedia({ colorScheme: "light" });
 
-  // ---- a mid-stream error (the test server loads no learned scheduler) becomes an error bubble
+  // ---- a refused request (the test server loads no learned scheduler) becomes an error bubble
   const hasLearned = schedulers.data.some((s) => s.kind === "learned");
   check(!hasLearned, "the test server lists no learned scheduler");
   {
