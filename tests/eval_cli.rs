@@ -24,6 +24,21 @@ fn eval(out: &std::path::Path, paths: &DemoPaths, extra: &[&str]) -> std::proces
         .unwrap()
 }
 
+/// The fields every outcome line of `items.jsonl` has.
+const OUTCOME_FIELDS: [&str; 11] = [
+    "task",
+    "item",
+    "condition",
+    "group",
+    "mode",
+    "truth",
+    "answer",
+    "correct",
+    "weights",
+    "dms_ms",
+    "mwc",
+];
+
 fn succeeded(o: &std::process::Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
@@ -55,20 +70,8 @@ fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
     // Captioning and retrieval use the items with an image of the true colour and a plain or
     // hinted question: clean twice, four noise levels, blur, occlusion.
     assert_eq!((count("caption"), count("retrieval")), (8 * 2, 8 * 2));
-    let fields = [
-        "task",
-        "item",
-        "condition",
-        "group",
-        "mode",
-        "truth",
-        "answer",
-        "correct",
-        "weights",
-        "dms_ms",
-    ];
     for o in &outcomes {
-        for field in fields {
+        for field in OUTCOME_FIELDS {
             assert!(o.get(field).is_some(), "{field} missing in {o}");
         }
     }
@@ -234,20 +237,8 @@ fn a_data_file_runs_clean_and_corrupted_scores_and_resumes() {
         (4 * 4 + 1) * 2,
         "every item, condition and mode"
     );
-    let fields = [
-        "task",
-        "item",
-        "condition",
-        "group",
-        "mode",
-        "truth",
-        "answer",
-        "correct",
-        "weights",
-        "dms_ms",
-    ];
     for o in &outcomes {
-        for field in fields {
+        for field in OUTCOME_FIELDS {
             assert!(o.get(field).is_some(), "{field} missing in {o}");
         }
         assert_eq!(o["task"], "vqa");

@@ -35,22 +35,13 @@ fn record(case: &str, expected: &str, observed: String, pass: bool) {
     assert!(pass, "{case}: expected {expected}; observed {observed}");
 }
 
-fn port_of(base: &str) -> u16 {
-    base.trim_end_matches("/v1")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The tiny model's server with `extra` flags (one thread: the machine is shared).
 fn server(extra: &[&str], env: &[(&str, &str)]) -> (common::Server, u16) {
     let tiny = common::tiny_models();
     let mut args = vec!["--threads", "1"];
     args.extend_from_slice(extra);
     let (server, base) = common::start_server_env(&tiny.model, &tiny.mmproj, &args, env);
-    (server, port_of(&base))
+    (server, common::port_of(&base))
 }
 
 /// One request with `Connection: close`; (status, body), status 0 when no response came.
@@ -321,7 +312,7 @@ fn deleting_the_model_file_after_start_changes_nothing() {
     std::fs::copy(&tiny.model, &model).unwrap();
     std::fs::copy(&tiny.mmproj, &mmproj).unwrap();
     let (_server, base) = common::start_server_with(&model, &mmproj, &["--threads", "1"]);
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     std::fs::remove_file(&model).unwrap();
     std::fs::remove_file(&mmproj).unwrap();
     use base64::Engine as _;

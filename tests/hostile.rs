@@ -26,14 +26,6 @@ use wire::Reply;
 /// The longest any case may take (the body timeout of the server under test is 2 s).
 const CASE_LIMIT: Duration = Duration::from_secs(30);
 
-fn port_of(base: &str) -> u16 {
-    base.trim_end_matches("/v1")
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port in the base URL")
-}
-
 fn field_ok(value: &Value, expected: Field) -> bool {
     match expected {
         Field::Any => value.is_string() || value.is_null(),
@@ -202,7 +194,7 @@ fn hostile_requests_get_openai_errors_and_the_server_survives() {
             "--allow-remote-media",
         ],
     );
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     let ctx = Ctx {
         port,
         media,
@@ -230,7 +222,7 @@ fn auth_cases_on_a_server_with_a_key() {
         &tiny.mmproj,
         &["--ctx-size", "256", "--api-key", KEY],
     );
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     let failures = run(port, &cases::auth(KEY));
     assert!(
         failures.is_empty(),

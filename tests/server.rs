@@ -33,15 +33,6 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Stri
     (status, body)
 }
 
-fn port_of(base: &str) -> u16 {
-    base.trim_end_matches("/v1")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn chat(port: u16, extra: Value) -> (u16, Value) {
     let mut body = json!({"messages": [{"role": "user", "content": "Tell me about the image."}], "max_tokens": 24});
     body.as_object_mut()
@@ -62,7 +53,7 @@ fn content(v: &Value) -> String {
 fn stop_strings_seeds_and_metrics() {
     let tiny = common::tiny_models();
     let (_server, base) = common::start_server(&tiny.model, &tiny.mmproj);
-    let port = port_of(&base);
+    let port = common::port_of(&base);
 
     let (s, plain) = chat(port, json!({"temperature": 0}));
     assert_eq!(s, 200, "{plain}");
@@ -119,7 +110,7 @@ fn base64_png() -> String {
 fn a_client_that_disconnects_mid_stream_frees_the_engine() {
     let tiny = common::tiny_models();
     let (_server, base) = common::start_server(&tiny.model, &tiny.mmproj);
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     drop(open_stream(port, 3000)); // hang up mid-stream
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -155,7 +146,7 @@ fn two_slots_serve_eight_simultaneous_clients() {
     let tiny = common::tiny_models();
     let (_server, base) =
         common::start_server_with(&tiny.model, &tiny.mmproj, &["--parallel", "2"]);
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     let ask = move |i: usize| {
         let prompt = format!("Client {i} asks: what is in the image?");
         let body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0});
@@ -193,7 +184,7 @@ fn api_keys_come_from_a_file() {
         &tiny.mmproj,
         &["--api-key-file", keys.to_str().unwrap()],
     );
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     let get = |key: Option<&str>| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let auth = key
@@ -252,7 +243,7 @@ fn open_stream(port: u16, max_tokens: usize) -> BufReader<TcpStream> {
 fn sigterm_lets_running_streams_finish_and_then_exits() {
     let tiny = common::tiny_models();
     let (mut server, base) = common::start_server(&tiny.model, &tiny.mmproj);
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     let mut reader = open_stream(port, 40);
     let status = terminate(&mut server, Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
@@ -277,7 +268,7 @@ fn sigterm_cancels_what_outlasts_the_shutdown_timeout() {
         &tiny.mmproj,
         &["--shutdown-timeout", "1", "--ctx-size", "65536"],
     );
-    let port = port_of(&base);
+    let port = common::port_of(&base);
     let _reader = open_stream(port, 60000);
     let started = Instant::now();
     let status = terminate(&mut server, Duration::from_secs(20));

@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{exit_code, fail, ModelArgs};
+use super::{exit_code, fail, write_report, ModelArgs};
 use crate::api::{router, AppState, Limits};
 use crate::bench::http::{chat_body, first_model, stream_chat, HttpSample};
 use crate::bench::report::{
@@ -154,21 +154,8 @@ pub(super) fn bench(args: &BenchArgs) -> ExitCode {
     };
     let md = markdown(&report);
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-    for (name, text) in [("bench.json", json.as_str()), ("bench.md", md.as_str())] {
-        let path = args.out.join(name);
-        if let Err(e) = std::fs::write(&path, text) {
-            return fail(1, &format!("cannot write {}: {e}", path.display()));
-        }
-    }
-    match write_plots(&report, &args.out) {
-        Ok(paths) => paths
-            .iter()
-            .for_each(|p| eprintln!("wrote {}", p.display())),
-        Err(e) => eprintln!("warning: plots not written: {e}"),
-    }
-    print!("{md}");
-    eprintln!("wrote {}", args.out.display());
-    ExitCode::SUCCESS
+    let files = [("bench.json", json.as_str()), ("bench.md", md.as_str())];
+    write_report(&args.out, &files, write_plots(&report, &args.out), &md)
 }
 
 /// Serves our engine on a loopback port and sends the same streamed requests to it and to

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{exit_code, fail, ModelArgs};
+use super::{exit_code, fail, write_report, ModelArgs};
 use crate::engine::{DmsSettings, EngineError, EngineHandle};
 use crate::eval::custom::{parse_spec, DataCondition, DataError, DataSet};
 use crate::eval::dataset::{colour_grid, Item};
@@ -316,21 +316,9 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
     };
     let md = markdown(&summary);
     let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    for (name, text) in [("summary.json", json.as_str()), ("summary.md", md.as_str())] {
-        let path = args.out.join(name);
-        if let Err(e) = std::fs::write(&path, text) {
-            return fail(1, &format!("cannot write {}: {e}", path.display()));
-        }
-    }
-    match crate::eval::plots::write_eval_plots(&summary, &outcomes, &args.out) {
-        Ok(paths) => paths
-            .iter()
-            .for_each(|p| eprintln!("wrote {}", p.display())),
-        Err(e) => eprintln!("warning: plots not written: {e}"),
-    }
-    print!("{md}");
-    eprintln!("wrote {}", args.out.display());
-    ExitCode::SUCCESS
+    let files = [("summary.json", json.as_str()), ("summary.md", md.as_str())];
+    let plots = crate::eval::plots::write_eval_plots(&summary, &outcomes, &args.out);
+    write_report(&args.out, &files, plots, &md)
 }
 
 /// The tasks and (with `--data`) the conditions of a run, with the flags checked.

@@ -239,6 +239,31 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Writes a command's report files (`(name, text)`) into `out`, notes the plots that were
+/// written (a failed plot is a warning, not a failure), and prints the Markdown `md`.
+pub(crate) fn write_report(
+    out: &std::path::Path,
+    files: &[(&str, &str)],
+    plots: Result<Vec<PathBuf>, crate::plot::PlotError>,
+    md: &str,
+) -> ExitCode {
+    for (name, text) in files {
+        let path = out.join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            return fail(1, &format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    match plots {
+        Ok(paths) => paths
+            .iter()
+            .for_each(|p| eprintln!("wrote {}", p.display())),
+        Err(e) => eprintln!("warning: plots not written: {e}"),
+    }
+    print!("{md}");
+    eprintln!("wrote {}", out.display());
+    ExitCode::SUCCESS
+}
+
 pub(crate) fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(code)

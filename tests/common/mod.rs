@@ -213,3 +213,12 @@ pub fn start_server_env(
     }
     (server, format!("http://127.0.0.1:{port}/v1"))
 }
+
+/// The port of a `http://127.0.0.1:PORT/v1` base URL.
+pub fn port_of(base: &str) -> u16 {
+    base.trim_end_matches("/v1")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port in the base URL")
+}
