@@ -7,7 +7,7 @@ mod common;
 use std::io::Cursor;
 
 use llama_dms::engine::{
-    ContentPart, DmsMode, DmsReport, DmsSettings, Emitted, EngineConfig, EngineHandle, Event,
+    ContentPart, DmsMode, DmsReport, DmsSettings, Done, Emitted, EngineConfig, EngineHandle, Event,
     GenerateOptions, GenerateRequest, Message, Prompt, Role, Runtime,
 };
 use llama_dms::llama::{Model, ModelParams, Sampler, SamplerParams};
@@ -385,4 +385,65 @@ fn the_mwc_loss_is_measured_on_request_without_changing_the_answer() {
     r.measure_mwc = true;
     let (_, rule) = run(&engine, r);
     assert!(rule.mwc.is_some_and(|l| l.is_finite() && l >= 0.0));
+}
+
+/// Text, per-token log-probabilities and the DMS report of `r`.
+fn run_with_logprobs(
+    engine: &EngineHandle,
+    mut r: GenerateRequest,
+) -> (String, Vec<f32>, Box<Done>) {
+    r.top_logprobs = Some(1);
+    let mut events = engine.submit(r).unwrap();
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
+    loop {
+        match events.blocking_recv().unwrap() {
+            Event::Text(t) => text.push_str(&t),
+            Event::Logprob(l) => logprobs.push(l.logprob),
+            Event::Done(d) => return (text, logprobs, d),
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn the_answer_adopts_the_signal_passes_prefix_without_changing_a_thing() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let with_system = |dms: DmsSettings| {
+        let mut r = request(noisy_png([30, 30, 200], 8.0, 5), QUESTION, dms);
+        r.messages.insert(
+            0,
+            Message {
+                role: Role::System,
+                content: vec![ContentPart::Text(
+                    "You are a careful assistant. Name colours with common words and answer in \
+                     one short sentence."
+                        .into(),
+                )],
+            },
+        );
+        r
+    };
+    // Under rule the system prompt's KV is copied from the signal passes' sequence (decoded
+    // there as embedding rows); under fixed with the same weights no passes run and the answer
+    // decodes it by token id. The two must agree.
+    let (rule_text, rule_logprobs, rule) = run_with_logprobs(
+        &engine(&paths, 0),
+        with_system(DmsSettings::mode(DmsMode::Rule)),
+    );
+    let fixed = DmsSettings::fixed(rule.dms.weights.clone());
+    let (fixed_text, fixed_logprobs, fixed) =
+        run_with_logprobs(&engine(&paths, 0), with_system(fixed));
+    // The system prompt and the template before the image: BOS + about 30 tokens.
+    assert!(
+        rule.timings.pass_prefix_positions > 20,
+        "{:?}",
+        rule.timings
+    );
+    assert_eq!(fixed.timings.pass_prefix_positions, 0);
+    assert_eq!(rule_text, fixed_text);
+    assert_eq!(rule_logprobs.len(), fixed_logprobs.len());
+    let worst = common::max_abs_diff(&rule_logprobs, &fixed_logprobs);
+    assert!(worst < 1e-3, "log-probabilities differ by {worst}");
 }

@@ -16,7 +16,7 @@ use crate::dms::{
     apply_dropout, avg_pool_2x2, confidence, cosine_consistency, mean_pool, mutual_information,
     ModalitySignals, ModalityWeights, Registry, Scheduler, Signals, SplitMix64,
 };
-use crate::llama::{Batch, ChunkKind, LlamaError};
+use crate::llama::{Batch, ChunkKind, LlamaError, Token};
 
 use super::dms_settings::{
     ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings, MAX_MC_SAMPLES,
@@ -53,6 +53,8 @@ pub(super) struct Body {
 /// Rows of a unimodal prompt cut around the modality.
 pub(super) struct Unimodal {
     pub(super) prefix: Vec<f32>,
+    /// The tokens whose rows `prefix` holds (all at weight 1).
+    pub(super) prefix_tokens: Vec<Token>,
     pub(super) body: Body,
     pub(super) suffix: Vec<f32>,
 }
@@ -284,6 +286,7 @@ impl Runtime<'_> {
         let last = prompt.pieces.iter().rposition(is_modality).unwrap_or(first);
         let mut u = Unimodal {
             prefix: Vec::new(),
+            prefix_tokens: Vec::new(),
             body: Body {
                 rows: Vec::new(),
                 modality: Vec::new(),
@@ -292,6 +295,7 @@ impl Runtime<'_> {
         };
         if let Some(bos) = prompt.bos {
             self.rows.append_rows(&[bos], 1.0, width, &mut u.prefix)?;
+            u.prefix_tokens.push(bos);
         }
         let mut image_chunk = 0;
         for (k, piece) in prompt.pieces.iter().enumerate() {
@@ -305,6 +309,7 @@ impl Runtime<'_> {
                     self.rows.append_rows(tokens, weight, width, &mut rows)?;
                     if k < first {
                         u.prefix.extend_from_slice(&rows);
+                        u.prefix_tokens.extend_from_slice(tokens);
                     } else if k > last {
                         u.suffix.extend_from_slice(&rows);
                     } else {
@@ -383,7 +388,7 @@ impl Runtime<'_> {
                 modality: u.body.modality.clone(),
             });
         }
-        let outputs = self.run_passes(&u.prefix, &bodies, &u.suffix)?;
+        let outputs = self.run_passes(u, &bodies)?;
         let clean = &outputs[0];
         let samples: Vec<Vec<f32>> = outputs[1..].iter().map(|o| o.logits.clone()).collect();
         let signals = ModalitySignals {
@@ -393,15 +398,16 @@ impl Runtime<'_> {
         Ok((signals.sanitised(), clean.hidden_mean.clone()))
     }
 
-    /// Runs `prefix + body + suffix` for every body as parallel sequences (1, 2, ...): the prefix
-    /// is decoded once and shared by sequence copies, the bodies go in as few decodes as the
-    /// batch size allows, in groups that fit the free sequences and the context.
+    /// Runs `u`'s prefix + body + suffix for every body in `bodies` as parallel sequences
+    /// (1, 2, ...): the prefix is decoded once and shared by sequence copies, the bodies go in
+    /// as few decodes as the batch size allows, in groups that fit the free sequences and the
+    /// context.
     pub(super) fn run_passes(
         &mut self,
-        prefix: &[f32],
+        u: &Unimodal,
         bodies: &[Body],
-        suffix: &[f32],
     ) -> Result<Vec<PassOutput>, EngineError> {
+        let (prefix, suffix) = (&u.prefix, &u.suffix);
         let width = self.model().n_embd_inp();
         let n_prefix = prefix.len() / width;
         let per_pass = bodies[0].rows.len() / width + suffix.len() / width;
@@ -421,7 +427,7 @@ impl Runtime<'_> {
         let mut outputs = Vec::with_capacity(bodies.len());
         for (g, chunk) in bodies.chunks(group).enumerate() {
             let seqs: Vec<i32> = (base..base + chunk.len() as i32).collect();
-            let pos = self.pass_prefix_in_kv(prefix)?;
+            let pos = self.pass_prefix_in_kv(prefix, &u.prefix_tokens)?;
             for &s in &seqs[1..] {
                 self.ctx.copy_seq(base, s, -1, -1);
             }
@@ -502,15 +508,12 @@ impl Runtime<'_> {
 }
 
 impl Runtime<'_> {
-    /// Makes the first signal sequence hold exactly `prefix` (reusing it when it already does)
-    /// and returns the next position.
-    fn pass_prefix_in_kv(&mut self, prefix: &[f32]) -> Result<i32, EngineError> {
+    /// Makes the first signal sequence hold exactly `prefix`, the rows of `tokens` (reusing
+    /// it when it already does), and returns the next position.
+    fn pass_prefix_in_kv(&mut self, prefix: &[f32], tokens: &[Token]) -> Result<i32, EngineError> {
         let base = self.signal_seq_base;
         let n_prefix = (prefix.len() / self.model().n_embd_inp()) as i32;
-        let mut h = DefaultHasher::new();
-        prefix.iter().for_each(|v| v.to_bits().hash(&mut h));
-        let key = (h.finish(), n_prefix);
-        if self.pass_prefix == Some(key) {
+        if self.pass_prefix.as_deref() == Some(tokens) {
             self.ctx.remove_seq(base, n_prefix, -1);
             return Ok(n_prefix);
         }
@@ -520,7 +523,7 @@ impl Runtime<'_> {
         if n_prefix > 0 {
             self.decode_rows(prefix, &mut pos, base, false)?;
         }
-        self.pass_prefix = Some(key);
+        self.pass_prefix = Some(tokens.to_vec());
         Ok(pos)
     }
 }

@@ -177,6 +177,9 @@ pub struct Timings {
     pub image_encode_ms: f64,
     /// Image chunks whose projected rows came from the embedding cache instead of the encoder.
     pub image_cache_hits: usize,
+    /// Prompt positions whose KV was copied from the DMS signal passes' shared prefix
+    /// (usually the system prompt) instead of being decoded again.
+    pub pass_prefix_positions: usize,
     /// Prompt processing time (excluding image encoding).
     pub prefill_ms: f64,
     /// Generation time.

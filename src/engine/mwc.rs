@@ -47,7 +47,7 @@ impl Runtime<'_> {
 
     /// Mean last-layer hidden state over the modality rows of one clean pass of `u`.
     fn hidden_mean(&mut self, u: &Unimodal) -> Result<Vec<f32>, EngineError> {
-        let outputs = self.run_passes(&u.prefix, std::slice::from_ref(&u.body), &u.suffix)?;
+        let outputs = self.run_passes(u, std::slice::from_ref(&u.body))?;
         outputs
             .into_iter()
             .next()

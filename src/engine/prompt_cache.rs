@@ -92,6 +92,31 @@ pub fn prompt_units(prompt: &Prompt, weights: &ModalityWeights) -> Vec<Unit> {
 }
 
 impl Runtime<'_> {
+    /// When the DMS signal passes left a prefix in KV (usually the system prompt) that
+    /// `units` start with beyond the `keep` units sequence `seq` already holds, copies it
+    /// into `seq` instead of decoding it again. Returns the units `seq` now holds.
+    pub fn adopt_pass_prefix(&mut self, seq: i32, units: &[Unit], keep: usize) -> usize {
+        let Some(tokens) = &self.pass_prefix else {
+            return keep;
+        };
+        let n = tokens.len();
+        // At least one unit must be left to decode (its logits start the answer).
+        if n <= keep || n >= units.len() {
+            return keep;
+        }
+        let same = units[..n]
+            .iter()
+            .zip(tokens)
+            .all(|(u, t)| matches!(u, Unit::Token(x) if x == t));
+        if !same {
+            return keep;
+        }
+        self.ctx.remove_seq(seq, keep as i32, -1);
+        self.ctx
+            .copy_seq(self.signal_seq_base, seq, keep as i32, n as i32);
+        n
+    }
+
     /// Prefills `prompt` into sequence `seq` with its user text and images scaled by `weights`
     /// (everything else by 1), continuing after the first `keep` of its `units` (from
     /// [`prompt_units`]) that the sequence already holds; `keep` = 0 starts afresh. Text at

@@ -52,6 +52,8 @@ pub struct Prefill {
     pub total: Duration,
     /// Image chunks whose rows came from the embedding cache.
     pub image_cache_hits: usize,
+    /// Prompt positions copied from the DMS signal passes' prefix instead of decoded.
+    pub pass_prefix_positions: usize,
 }
 
 /// Model, context, projector and token rows on one thread.
@@ -66,8 +68,8 @@ pub struct Runtime<'m> {
     pub(super) signal_seq_base: i32,
     /// Projected image rows by image chunk key.
     pub(super) embeddings: Lru<Vec<f32>>,
-    /// (hash, rows) of the pass prefix the first signal sequence holds, if any.
-    pub(super) pass_prefix: Option<(u64, i32)>,
+    /// The tokens of the pass prefix the first signal sequence holds at positions 0.., if any.
+    pub(super) pass_prefix: Option<Vec<Token>>,
 }
 
 impl<'m> Runtime<'m> {
@@ -198,6 +200,7 @@ impl<'m> Runtime<'m> {
             image_encode: Duration::ZERO,
             total: start.elapsed(),
             image_cache_hits: 0,
+            pass_prefix_positions: 0,
         })
     }
 }

@@ -318,7 +318,14 @@ fn start(
     place.chosen = Some(seq);
     slot_units[slot].clear();
     fault::trip(job.fault, Stage::Prefill);
-    let prefill = rt.prefill_from(&prompt, &dms.weights, seq, &units, keep)?;
+    // After signal passes, their prefix's KV (usually the system prompt) is copied rather than
+    // decoded again.
+    let start = match dms.signals {
+        Some(_) => rt.adopt_pass_prefix(seq, &units, keep),
+        None => keep,
+    };
+    let mut prefill = rt.prefill_from(&prompt, &dms.weights, seq, &units, start)?;
+    prefill.pass_prefix_positions = positions(&units[keep.min(start)..start]);
     let cached_tokens = positions(&units[..keep.min(units.len().saturating_sub(1))]);
     let mut sampling = request.sampling.clone();
     if let Some(format) = &request.response_format {
@@ -470,6 +477,7 @@ fn finish(
         timings: Timings {
             image_encode_ms: ms(slot.prefill.image_encode),
             image_cache_hits: slot.prefill.image_cache_hits,
+            pass_prefix_positions: slot.prefill.pass_prefix_positions,
             prefill_ms: ms(slot.prefill.total.saturating_sub(slot.prefill.image_encode)),
             decode_ms: ms(generation.decode),
         },
