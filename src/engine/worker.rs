@@ -282,12 +282,15 @@ fn start(
         None => Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?,
     };
     fault::trip(job.fault, Stage::Dms);
-    let dms = match pick_scheduler(&config.schedulers, &request.dms)? {
+    let scheduler = pick_scheduler(&config.schedulers, &request.dms)?;
+    let needs_passes = scheduler.as_ref().is_some_and(|s| s.needs_signals());
+    // The unimodal prompts serve the signal passes and the MWC loss; built once for both.
+    let unimodal = ((needs_passes || request.measure_mwc) && !images.is_empty())
+        .then(|| unimodal_prompts(rt, &request.messages, &images))
+        .transpose()?;
+    let mut dms = match scheduler {
         None => off_report(images.len()),
         Some(scheduler) => {
-            let unimodal = (scheduler.needs_signals() && !images.is_empty())
-                .then(|| unimodal_prompts(rt, &request.messages, &images))
-                .transpose()?;
             let bytes: Vec<&[u8]> = request
                 .messages
                 .iter()
@@ -307,10 +310,8 @@ fn start(
             )?
         }
     };
-    let mut dms = dms;
-    if request.measure_mwc && !images.is_empty() {
-        let unimodal = unimodal_prompts(rt, &request.messages, &images)?;
-        dms.mwc = Some(rt.mwc(&prompt, &unimodal, &dms.weights)?);
+    if let (true, Some(unimodal)) = (request.measure_mwc, &unimodal) {
+        dms.mwc = Some(rt.mwc(&prompt, unimodal, &dms.weights)?);
     }
     let units = prompt_units(&prompt, &dms.weights);
     let (slot, keep) = choose_slot(place.free, slot_units, &units)?;
