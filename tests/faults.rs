@@ -251,12 +251,7 @@ fn sigterm_past_the_grace_period_closes_streams_and_exits() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let pid = server.0.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    common::send_sigterm(&server);
     let mut exit = None;
     while started.elapsed() < Duration::from_secs(30) && exit.is_none() {
         exit = server.0.try_wait().unwrap();

@@ -207,12 +207,7 @@ fn api_keys_come_from_a_file() {
 
 /// Sends SIGTERM to the server and waits (at most `limit`) for it to exit.
 fn terminate(server: &mut common::Server, limit: Duration) -> std::process::ExitStatus {
-    let pid = server.0.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    common::send_sigterm(server);
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = server.0.try_wait().unwrap() {

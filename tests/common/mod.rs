@@ -222,3 +222,10 @@ pub fn port_of(base: &str) -> u16 {
         .and_then(|p| p.parse().ok())
         .expect("port in the base URL")
 }
+
+/// Sends SIGTERM to the server process.
+pub fn send_sigterm(server: &Server) {
+    let pid = server.0.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+}
