@@ -48,10 +48,7 @@ impl FaultHook {
             .messages
             .iter()
             .flat_map(|m| &m.content)
-            .filter_map(|p| match p {
-                ContentPart::Text(t) => Some(t.as_str()),
-                ContentPart::Image(_) => None,
-            })
+            .filter_map(ContentPart::text)
             .chain(request.raw_prompt.as_deref());
         let mut found = None;
         for text in texts {

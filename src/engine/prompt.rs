@@ -10,6 +10,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 use super::image::RgbImage;
+use super::split::split_message;
 use super::EngineError;
 
 /// Who wrote a message.
@@ -37,10 +38,25 @@ impl Role {
 /// One part of a message's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentPart {
-    /// Text.
+    /// Text; in a user message it is split into question and evidence by the default rule
+    /// (see [`super::split`]).
     Text(String),
+    /// User text marked as the question: never weighted, kept in every signal pass.
+    Question(String),
+    /// User text marked as evidence (claims, hints, context): scaled by the text weight.
+    Evidence(String),
     /// An encoded image (PNG, JPEG, WebP, GIF, BMP bytes).
     Image(Vec<u8>),
+}
+
+impl ContentPart {
+    /// The text of a text part, whatever its mark (`None` for an image).
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            ContentPart::Text(t) | ContentPart::Question(t) | ContentPart::Evidence(t) => Some(t),
+            ContentPart::Image(_) => None,
+        }
+    }
 }
 
 /// One chat message.
@@ -64,8 +80,9 @@ impl Message {
 
 /// A piece of the prompt, in order.
 pub enum Piece {
-    /// Text tokens; `user` marks user-written text (scaled by the text weight).
-    Text { tokens: Vec<Token>, user: bool },
+    /// Text tokens; `evidence` marks the user's evidence (scaled by the text weight); the
+    /// template, the question and other roles' text are never scaled.
+    Text { tokens: Vec<Token>, evidence: bool },
     /// The chunks of image `index` (may include the model's own image begin/end tokens).
     Image { index: usize, chunks: Chunks },
 }
@@ -113,24 +130,27 @@ impl Prompt {
             return Err(EngineError::InvalidRequest("no messages".into()));
         }
         let mut user_texts = Vec::new();
+        let mut evidence_bytes = Vec::new();
         let mut n_images = 0;
         let mut chat = Vec::with_capacity(messages.len());
         for m in messages {
             let mut content = String::new();
+            let mut splits = split_message(m).into_iter();
             for part in &m.content {
-                match part {
-                    ContentPart::Text(t) if m.role == Role::User => {
+                match (part, part.text()) {
+                    (_, Some(t)) if m.role == Role::User => {
                         content.push_str(&format!("{TEXT_MARK}{}{END_MARK}", user_texts.len()));
-                        user_texts.push(t.clone());
+                        user_texts.push(t.to_string());
+                        evidence_bytes.push(splits.next().map_or(0, |s| s.evidence_bytes));
                     }
                     // The template gets C strings: a NUL would fail it as a server error.
-                    ContentPart::Text(t) if t.contains('\0') => {
+                    (_, Some(t)) if t.contains('\0') => {
                         return Err(EngineError::InvalidRequest(
                             "message text must not contain NUL characters".into(),
                         ))
                     }
-                    ContentPart::Text(t) => content.push_str(&strip_marks(t)),
-                    ContentPart::Image(_) => {
+                    (_, Some(t)) => content.push_str(&strip_marks(t)),
+                    (_, None) => {
                         content.push_str(&format!("{IMAGE_MARK}{n_images}{END_MARK}"));
                         n_images += 1;
                     }
@@ -164,12 +184,20 @@ impl Prompt {
             match seg {
                 Segment::Template(s) => pieces.push(Piece::Text {
                     tokens: model.tokenize(s, false, true)?,
-                    user: false,
+                    evidence: false,
                 }),
-                Segment::UserText(k) => pieces.push(Piece::Text {
-                    tokens: model.tokenize(&user_texts[*k], false, false)?,
-                    user: true,
-                }),
+                Segment::UserText(k) => {
+                    let text = &user_texts[*k];
+                    let tokens = model.tokenize(text, false, false)?;
+                    let cut = evidence_tokens(model, text, evidence_bytes[*k], &tokens)?;
+                    let (evidence, question) = tokens.split_at(cut);
+                    for (tokens, evidence) in [(evidence, true), (question, false)] {
+                        pieces.push(Piece::Text {
+                            tokens: tokens.to_vec(),
+                            evidence,
+                        });
+                    }
+                }
                 Segment::Image(k) => {
                     let mtmd = mtmd.expect("checked above: images need mtmd");
                     let chunks = mtmd.tokenize(&[PromptPart::Image(&bitmaps[*k])])?;
@@ -206,13 +234,27 @@ impl Prompt {
             bos,
             pieces: vec![Piece::Text {
                 tokens,
-                user: false,
+                evidence: false,
             }],
             segments: vec![Segment::Template(text.to_string())],
             user_texts: Vec::new(),
             bitmaps: Vec::new(),
             image_hashes: Vec::new(),
         })
+    }
+
+    /// Number of evidence tokens (the user text the text weight scales).
+    pub fn n_evidence_tokens(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text {
+                    tokens,
+                    evidence: true,
+                } => tokens.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Number of images in the prompt.
@@ -287,6 +329,29 @@ impl Prompt {
         }
         out
     }
+}
+
+/// How many of `tokens` (the tokens of `text`) are evidence, when its first `evidence_bytes`
+/// bytes are: the tokens the evidence alone shares with the whole text, so that the two halves
+/// are exactly the whole text's tokens (a token straddling the cut goes to the question).
+fn evidence_tokens(
+    model: &Model,
+    text: &str,
+    evidence_bytes: usize,
+    tokens: &[Token],
+) -> Result<usize, EngineError> {
+    if evidence_bytes == 0 {
+        return Ok(0);
+    }
+    if evidence_bytes >= text.len() {
+        return Ok(tokens.len());
+    }
+    let evidence = model.tokenize(&text[..evidence_bytes], false, false)?;
+    Ok(common_prefix_len(&evidence, tokens))
+}
+
+fn common_prefix_len(a: &[Token], b: &[Token]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Cuts the rendered template at our placeholders; each must appear exactly once.

@@ -65,8 +65,8 @@ pub fn prompt_units(prompt: &Prompt, weights: &ModalityWeights) -> Vec<Unit> {
     let mut units: Vec<Unit> = prompt.bos.map(Unit::Token).into_iter().collect();
     for piece in &prompt.pieces {
         match piece {
-            Piece::Text { tokens, user } => {
-                let w = if *user { weights.text } else { 1.0 };
+            Piece::Text { tokens, evidence } => {
+                let w = if *evidence { weights.text } else { 1.0 };
                 units.extend(tokens.iter().map(|&t| text_unit(t, w)));
             }
             Piece::Image { index, chunks } => {
@@ -158,11 +158,11 @@ impl Runtime<'_> {
         }
         for piece in &prompt.pieces {
             match piece {
-                Piece::Text { tokens, user } => take_text(
+                Piece::Text { tokens, evidence } => take_text(
                     &mut pending,
                     &mut cursor,
                     tokens,
-                    if *user { weights.text } else { 1.0 },
+                    if *evidence { weights.text } else { 1.0 },
                 ),
                 Piece::Image { index, chunks } => {
                     let mut ordinal = 0;

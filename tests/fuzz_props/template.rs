@@ -155,7 +155,11 @@ fn run(name: &str, cases: u32, model_path: &Path, mmproj: Option<&Path>) {
             }
         };
         for piece in &prompt.pieces {
-            if let Piece::Text { tokens, user: true } = piece {
+            if let Piece::Text {
+                tokens,
+                evidence: true,
+            } = piece
+            {
                 let bad: Vec<_> = tokens.iter().filter(|t| control.contains(t)).collect();
                 prop_assert!(bad.is_empty(), "control tokens {:?} from user text", bad);
             }
