@@ -1,6 +1,7 @@
 //! The DMS stage on a real model (the demo: SmolLM2-135M + the colour projector): `off` is plain
-//! llama.cpp, the signals react to corrupted and mismatched images, MC dropout is reproducible,
-//! and image signals are cached.
+//! llama.cpp, the signals see destroyed images, hedged and misspelt hints and mismatched pairs,
+//! clean agreeing pairs get weights near 1, only the evidence is weighted, MC dropout is
+//! reproducible, and image signals are cached.
 
 mod common;
 
@@ -108,34 +109,141 @@ fn off_is_plain_llama_cpp_evaluation() {
     assert_eq!(answer, plain);
 }
 
+/// An engine that loads the shipped scheduler plugins (the calibrated `rule-default`).
+fn engine_with_plugins(paths: &DemoPaths) -> EngineHandle {
+    let mut config = EngineConfig::new(&paths.model, Some(paths.mmproj.clone()));
+    config.runtime.context.n_ctx = 2048;
+    config.runtime.context.n_threads = 2;
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
+    config.schedulers = std::sync::Arc::new(llama_dms::dms::Registry::load_dir(&plugins).unwrap());
+    EngineHandle::start(config).unwrap()
+}
+
+fn hint(colour: &str) -> String {
+    format!("This is a photo of something {colour}. {QUESTION}")
+}
+
 #[test]
-fn noisy_images_get_lower_weight_than_clean_ones() {
+fn a_destroyed_image_gets_lower_reliability_than_a_clean_one() {
     let Some(paths) = common::demo_paths() else {
         return;
     };
     let engine = engine(&paths, 0);
-    for (rgb, seed) in [([220, 20, 20], 3), ([20, 20, 220], 4), ([230, 230, 20], 5)] {
-        let rule = DmsSettings::mode(DmsMode::Rule);
+    let rule = DmsSettings::mode(DmsMode::Rule);
+    for (colour, rgb, seed) in [("red", [220, 20, 20], 3), ("blue", [20, 20, 220], 4)] {
         let (_, clean) = run(
             &engine,
-            request(noisy_png(rgb, 8.0, seed), QUESTION, rule.clone()),
+            request(noisy_png(rgb, 8.0, seed), &hint(colour), rule.clone()),
         );
-        let (_, noisy) = run(
+        // Mid-grey under heavy noise: no colour left for the projector.
+        let (_, destroyed) = run(
             &engine,
-            request(noisy_png(rgb, 400.0, seed), QUESTION, rule),
+            request(
+                noisy_png([128, 128, 128], 400.0, seed),
+                &hint(colour),
+                rule.clone(),
+            ),
         );
+        let (c, d) = (clean.signals.unwrap(), destroyed.signals.unwrap());
         eprintln!(
-            "{rgb:?}: clean {:?} noisy {:?}",
-            clean.weights, noisy.weights
+            "{colour}: clean {:?}\n   destroyed {:?}",
+            c.images[0], d.images[0]
         );
-        eprintln!(
-            "   clean signals {:?}\n   noisy signals {:?}",
-            clean.signals, noisy.signals
+        assert!(
+            d.images[0].confidence < c.images[0].confidence,
+            "{colour}: destroyed {:?} vs clean {:?}",
+            d.images[0],
+            c.images[0]
         );
-        assert!(noisy.weights.images[0] < clean.weights.images[0], "{rgb:?}");
-        let sum: f32 = noisy.weights.images[0] + noisy.weights.text;
+        let sum = destroyed.weights.images[0] + destroyed.weights.text;
         assert!((sum - 2.0).abs() < 1e-4);
     }
+}
+
+#[test]
+fn a_hedged_or_misspelt_hint_gets_lower_reliability_than_a_clean_one() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let engine = engine(&paths, 0);
+    let rule = DmsSettings::mode(DmsMode::Rule);
+    let text_confidence = |text: &str| {
+        let (_, r) = run(
+            &engine,
+            request(noisy_png([220, 20, 20], 8.0, 3), text, rule.clone()),
+        );
+        r.signals.unwrap().text.confidence
+    };
+    let clean = text_confidence(&hint("blue"));
+    let hedged = text_confidence(&format!("Maybe it is blue, I am not sure. {QUESTION}"));
+    let misspelt = text_confidence(&format!("Thsi is a phtoo of somthing bleu. {QUESTION}"));
+    eprintln!("text confidence: clean {clean} hedged {hedged} misspelt {misspelt}");
+    assert!(hedged < clean, "hedged {hedged} vs clean {clean}");
+    assert!(misspelt < clean, "misspelt {misspelt} vs clean {clean}");
+}
+
+#[test]
+fn a_clean_agreeing_pair_gets_weights_near_one() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let engine = engine_with_plugins(&paths);
+    for (colour, rgb) in [("red", [220, 20, 20]), ("green", [20, 200, 20])] {
+        let (_, report) = run(
+            &engine,
+            request(
+                noisy_png(rgb, 8.0, 7),
+                &hint(colour),
+                DmsSettings::mode(DmsMode::Rule),
+            ),
+        );
+        eprintln!("{colour}: {:?} {:?}", report.weights, report.signals);
+        for w in report.weights.as_vec() {
+            assert!((w - 1.0).abs() <= 0.05, "{colour}: {:?}", report.weights);
+        }
+    }
+}
+
+#[test]
+fn only_the_evidence_is_weighted_never_the_question() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let engine = engine(&paths, 0);
+    let image = noisy_png([220, 20, 20], 8.0, 3);
+    let text_only = |text: &str, w: f32| {
+        let weights = llama_dms::engine::ModalityWeights {
+            images: vec![1.0],
+            text: w,
+        };
+        let mut r = request(image.clone(), text, DmsSettings::fixed(weights));
+        r.top_logprobs = Some(1);
+        run_with_logprobs(&engine, r)
+    };
+    // The question alone: the text weight scales nothing, the answer is the unweighted one.
+    let (plain, plain_lp, plain_done) = text_only(QUESTION, 1.0);
+    let (scaled, scaled_lp, scaled_done) = text_only(QUESTION, 0.3);
+    assert_eq!(plain_done.dms.evidence_tokens, 0);
+    assert_eq!(scaled_done.dms.evidence_tokens, 0);
+    assert_eq!((plain, plain_lp), (scaled, scaled_lp));
+    // With a hint before the question the hint is evidence and its weight changes the logits.
+    let (_, hinted_lp, hinted) = text_only(&hint("red"), 1.0);
+    let (_, down_lp, _) = text_only(&hint("red"), 0.3);
+    assert!(
+        hinted.dms.evidence_tokens >= 6,
+        "{}",
+        hinted.dms.evidence_tokens
+    );
+    assert_ne!(hinted_lp, down_lp);
+    // A part marked as the question is never evidence, even when it holds a claim.
+    let mut marked = request(
+        image.clone(),
+        "Name the colour. This is red.",
+        DmsSettings::default(),
+    );
+    marked.messages[0].content[1] = ContentPart::Question("Name the colour. This is red.".into());
+    let (_, _, done) = run_with_logprobs(&engine, marked);
+    assert_eq!(done.dms.evidence_tokens, 0);
 }
 
 #[test]
@@ -183,11 +291,12 @@ fn mc_dropout_is_reproducible_and_image_signals_are_cached() {
         ..DmsSettings::mode(DmsMode::Rule)
     };
 
+    let text = hint("green");
     let uncached = engine(&paths, 0);
-    let (_, a) = run(&uncached, request(image.clone(), QUESTION, rule.clone()));
+    let (_, a) = run(&uncached, request(image.clone(), &text, rule.clone()));
     let (_, b) = run(
         &engine(&paths, 0),
-        request(image.clone(), QUESTION, rule.clone()),
+        request(image.clone(), &text, rule.clone()),
     );
     assert_eq!(
         a.signals, b.signals,
@@ -196,7 +305,7 @@ fn mc_dropout_is_reproducible_and_image_signals_are_cached() {
     assert!(a.signals.as_ref().unwrap().images[0].uncertainty > 0.0);
     // Again on the first engine, whose answer slot now keeps the last request's KV: the passes
     // land on other KV cells, which changes the float summation order, not the measurement.
-    let (_, c) = run(&uncached, request(image.clone(), QUESTION, rule.clone()));
+    let (_, c) = run(&uncached, request(image.clone(), &text, rule.clone()));
     assert_eq!(c.image_cache_hits, 0);
     let (sa, sc) = (a.signals.clone().unwrap(), c.signals.clone().unwrap());
     for (x, y) in sa
@@ -213,10 +322,15 @@ fn mc_dropout_is_reproducible_and_image_signals_are_cached() {
     }
 
     let cached = engine(&paths, 8);
-    let (_, first) = run(&cached, request(image.clone(), QUESTION, rule.clone()));
+    let (_, first) = run(&cached, request(image.clone(), &text, rule.clone()));
+    // Other evidence, the same question: the image's passes (image + question) are cached.
     let (_, again) = run(
         &cached,
-        request(image.clone(), "And what colour is it really?", rule.clone()),
+        request(
+            image.clone(),
+            &format!("I was told it is blue. {QUESTION}"),
+            rule.clone(),
+        ),
     );
     assert_eq!((first.image_cache_hits, again.image_cache_hits), (0, 1));
     assert_eq!(
@@ -236,7 +350,7 @@ fn mc_dropout_is_reproducible_and_image_signals_are_cached() {
     // Another seed changes the dropout masks.
     let (_, other) = run(
         &uncached,
-        request(image, QUESTION, DmsSettings { seed: 99, ..rule }),
+        request(image, &text, DmsSettings { seed: 99, ..rule }),
     );
     assert_ne!(
         other.signals.unwrap().images[0].uncertainty,
@@ -353,7 +467,7 @@ fn the_mwc_loss_is_measured_on_request_without_changing_the_answer() {
         };
         let mut r = request(
             noisy_png([200, 30, 30], 10.0, 3),
-            QUESTION,
+            &hint("red"),
             DmsSettings::fixed(w),
         );
         r.measure_mwc = measure;
@@ -379,7 +493,7 @@ fn the_mwc_loss_is_measured_on_request_without_changing_the_answer() {
     // Under rule the loss is measured for the weights the scheduler chose.
     let mut r = request(
         noisy_png([200, 30, 30], 10.0, 3),
-        QUESTION,
+        &hint("red"),
         DmsSettings::mode(DmsMode::Rule),
     );
     r.measure_mwc = true;
@@ -411,7 +525,7 @@ fn the_answer_adopts_the_signal_passes_prefix_without_changing_a_thing() {
         return;
     };
     let with_system = |dms: DmsSettings| {
-        let mut r = request(noisy_png([30, 30, 200], 8.0, 5), QUESTION, dms);
+        let mut r = request(noisy_png([30, 30, 200], 8.0, 5), &hint("blue"), dms);
         r.messages.insert(
             0,
             Message {

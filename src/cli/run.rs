@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::{exit_code, fail, ModelArgs};
 use crate::engine::{
-    ConsistencyVariant, ContentPart, DmsMode, DmsReport, DmsSettings, EngineHandle, Event,
-    GenerateRequest, Message, ModalityWeights, Role,
+    ConfidenceVariant, ConsistencyVariant, ContentPart, DmsMode, DmsReport, DmsSettings,
+    EngineHandle, Event, GenerateRequest, Message, ModalityWeights, Role,
 };
 use crate::llama::SamplerParams;
 
@@ -41,18 +41,25 @@ pub struct DmsArgs {
     /// Weight of the user text's embedding rows (implies --dms fixed).
     #[arg(long)]
     pub text_weight: Option<f32>,
-    /// Monte-Carlo dropout passes per modality.
-    #[arg(long, default_value_t = 4)]
-    pub mc_samples: usize,
-    /// Dropout rate of those passes.
-    #[arg(long, default_value_t = 0.1)]
-    pub dropout: f32,
+    /// Monte-Carlo dropout passes per modality (default 4).
+    #[arg(long)]
+    pub mc_samples: Option<usize>,
+    /// Dropout rate of those passes (default 0.3).
+    #[arg(long)]
+    pub dropout: Option<f32>,
     /// 2x2 average-pool image rows for the signal passes (cheaper).
     #[arg(long)]
     pub pool_images: bool,
-    /// Consistency signal the scheduler sees.
-    #[arg(long, value_parser = ["hidden", "input"], default_value = "input")]
-    pub consistency: String,
+    /// Consistency signal the scheduler sees (default input).
+    #[arg(long, value_parser = ["js", "hidden", "input"])]
+    pub consistency: Option<String>,
+    /// Confidence variant the scheduler sees (default topk).
+    #[arg(long, value_parser = ["top1", "topk", "margin", "entropy", "mean", "first", "shift", "gain"])]
+    pub confidence: Option<String>,
+    /// Greedy tokens of each unimodal pass among which the answer position is found
+    /// (default 10).
+    #[arg(long)]
+    pub answer_tokens: Option<usize>,
 }
 
 impl DmsArgs {
@@ -67,6 +74,7 @@ impl DmsArgs {
             None if fixed => DmsMode::Fixed,
             None => DmsMode::Off,
         };
+        let d = DmsSettings::default();
         DmsSettings {
             mode,
             scheduler: self.scheduler.clone(),
@@ -74,14 +82,27 @@ impl DmsArgs {
                 images: vec![self.image_weight.unwrap_or(1.0); n_images],
                 text: self.text_weight.unwrap_or(1.0),
             }),
-            mc_samples: self.mc_samples,
-            dropout: self.dropout,
+            mc_samples: self.mc_samples.unwrap_or(d.mc_samples),
+            dropout: self.dropout.unwrap_or(d.dropout),
             pool_images: self.pool_images,
-            consistency: if self.consistency == "hidden" {
-                ConsistencyVariant::Hidden
-            } else {
-                ConsistencyVariant::Input
+            consistency: match self.consistency.as_deref() {
+                Some("hidden") => ConsistencyVariant::Hidden,
+                Some("input") => ConsistencyVariant::Input,
+                Some("js") => ConsistencyVariant::Js,
+                _ => d.consistency,
             },
+            confidence: match self.confidence.as_deref() {
+                Some("margin") => ConfidenceVariant::Margin,
+                Some("entropy") => ConfidenceVariant::Entropy,
+                Some("mean") => ConfidenceVariant::Mean,
+                Some("first") => ConfidenceVariant::First,
+                Some("top1") => ConfidenceVariant::Top1,
+                Some("topk") => ConfidenceVariant::Topk,
+                Some("shift") => ConfidenceVariant::Shift,
+                Some("gain") => ConfidenceVariant::Gain,
+                _ => d.confidence,
+            },
+            answer_tokens: self.answer_tokens.unwrap_or(d.answer_tokens),
             seed: 0,
         }
     }

@@ -68,6 +68,7 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         train_loss: report.train_loss,
         valid_loss: report.valid_loss,
         seed: args.seed,
+        model: None,
     });
     if let Err(e) = std::fs::write(&args.out, scheduler.to_json()) {
         return fail(2, &format!("cannot write {}: {e}", args.out.display()));

@@ -37,6 +37,9 @@ pub struct TrainedInfo {
     pub valid_loss: f32,
     /// Seed of initialisation and split.
     pub seed: u64,
+    /// The model file the training data came from.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// Learned scheduler: one small MLP, shared by all modalities (so any number of images works),
@@ -246,6 +249,10 @@ impl Scheduler for LearnedScheduler {
         "learned"
     }
 
+    fn fitted_for(&self) -> Option<&str> {
+        self.trained.as_ref().and_then(|t| t.model.as_deref())
+    }
+
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
         let bounds = Bounds {
             w_min: self.w_min,
@@ -273,6 +280,7 @@ mod tests {
             train_loss: 0.5,
             valid_loss: 0.6,
             seed: 3,
+            model: None,
         });
         l
     }

@@ -46,8 +46,9 @@ pub use scheduler::{clamp_renormalise, softmax_weights, Bounds, Scheduler};
 #[cfg(feature = "script")]
 pub use script::ScriptScheduler;
 pub use signals::{
-    apply_dropout, avg_pool_2x2, confidence, cosine_consistency, entropy, l2_normalise,
-    log_softmax, mean_pool, mutual_information, mwc_loss, ModalitySignals, Signals, SplitMix64,
+    apply_dropout, apply_row_keyed_dropout, avg_pool_2x2, confidence, cosine_consistency, entropy,
+    js_consistency, l2_normalise, log_softmax, mean_pool, mutual_information, mwc_loss,
+    top2_probabilities, top_k_share, ModalitySignals, Signals, SplitMix64,
 };
 pub use train::{read_examples, train, GridPoint, TrainConfig, TrainExample, TrainReport};
 

@@ -26,6 +26,15 @@ struct RuleFile {
     gamma: Option<f32>,
     w_min: Option<f32>,
     w_max: Option<f32>,
+    #[serde(default)]
+    c_ref_image: f32,
+    #[serde(default)]
+    c_ref_text: f32,
+    #[serde(default)]
+    u_ref_image: f32,
+    #[serde(default)]
+    u_ref_text: f32,
+    model: Option<String>,
 }
 
 /// A `kind = "script"` plugin: `name` and `source` are required.
@@ -158,6 +167,11 @@ pub fn parse_plugin(file: &Path, text: &str) -> Result<Arc<dyn Scheduler>, DmsEr
                 gamma: f.gamma.unwrap_or(d.gamma),
                 w_min: f.w_min.unwrap_or(d.w_min),
                 w_max: f.w_max.unwrap_or(d.w_max),
+                c_ref_image: f.c_ref_image,
+                c_ref_text: f.c_ref_text,
+                u_ref_image: f.u_ref_image,
+                u_ref_text: f.u_ref_text,
+                model: f.model,
             };
             r.validate().map_err(in_file(file))?;
             Arc::new(r)

@@ -59,6 +59,7 @@ fn rule() -> impl Strategy<Value = RuleScheduler> {
             gamma,
             w_min: lo.min(hi),
             w_max: hi.max(lo),
+            ..RuleScheduler::default()
         })
 }
 

@@ -10,7 +10,7 @@ use super::{
 /// Rule scheduler (design section 3):
 ///
 /// ```text
-/// score_m = alpha * c_m - beta * u_m
+/// score_m = alpha * (c_m - c_ref) - beta * (u_m - u_ref)    refs per kind (image, text)
 /// w_soft  = M * softmax(score / tau)
 /// lambda  = clamp(gamma * s, 0, 1)          s = mean image/text consistency
 /// w       = lambda * 1 + (1 - lambda) * w_soft
@@ -18,7 +18,9 @@ use super::{
 /// ```
 ///
 /// High consistency pulls the weights towards plain fusion (all 1); low consistency lets the
-/// more confident, less uncertain modality dominate. Defaults (see [`RuleScheduler::default`]):
+/// more confident, less uncertain modality dominate. The references are what a clean input of
+/// that kind measures on the model the rule was calibrated for (`llama-dms calibrate`), so
+/// that clean inputs score alike and get weights near 1. Defaults (see [`RuleScheduler::default`]):
 /// alpha 1, beta 4, tau 1, gamma 1, w_min 0.5, w_max 2.0 (measured choice, see there).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleScheduler {
@@ -36,6 +38,21 @@ pub struct RuleScheduler {
     pub w_min: f32,
     /// Largest weight, >= w_min.
     pub w_max: f32,
+    /// Confidence of a clean image on the calibrated model (subtracted from an image's).
+    #[serde(default)]
+    pub c_ref_image: f32,
+    /// Confidence of clean evidence on the calibrated model (subtracted from the text's).
+    #[serde(default)]
+    pub c_ref_text: f32,
+    /// Uncertainty of a clean image on the calibrated model.
+    #[serde(default)]
+    pub u_ref_image: f32,
+    /// Uncertainty of clean evidence on the calibrated model.
+    #[serde(default)]
+    pub u_ref_text: f32,
+    /// The model file the parameters were calibrated for (`None`: any).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 impl Default for RuleScheduler {
@@ -55,6 +72,11 @@ impl Default for RuleScheduler {
             gamma: 1.0,
             w_min: 0.5,
             w_max: 2.0,
+            c_ref_image: 0.0,
+            c_ref_text: 0.0,
+            u_ref_image: 0.0,
+            u_ref_text: 0.0,
+            model: None,
         }
     }
 }
@@ -66,7 +88,15 @@ impl RuleScheduler {
     /// Checks every parameter: alpha and beta finite, gamma finite and >= 0, tau > 0,
     /// 0 <= w_min <= w_max, w_max > 0. Errors are [`DmsError::InvalidParameter`].
     pub fn validate(&self) -> Result<(), DmsError> {
-        for (field, v) in [("alpha", self.alpha), ("beta", self.beta)] {
+        let finite = [
+            ("alpha", self.alpha),
+            ("beta", self.beta),
+            ("c_ref_image", self.c_ref_image),
+            ("c_ref_text", self.c_ref_text),
+            ("u_ref_image", self.u_ref_image),
+            ("u_ref_text", self.u_ref_text),
+        ];
+        for (field, v) in finite {
             if !v.is_finite() {
                 return Err(param_error((field, format!("must be finite (got {v})"))));
             }
@@ -102,11 +132,24 @@ impl Scheduler for RuleScheduler {
         "rule"
     }
 
+    fn fitted_for(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
+        let n_images = signals.images.len();
         let scores: Vec<f32> = signals
             .per_modality()
             .iter()
-            .map(|s| self.alpha * s.confidence - self.beta * s.uncertainty)
+            .enumerate()
+            .map(|(m, s)| {
+                let (c_ref, u_ref) = if m < n_images {
+                    (self.c_ref_image, self.u_ref_image)
+                } else {
+                    (self.c_ref_text, self.u_ref_text)
+                };
+                self.alpha * (s.confidence - c_ref) - self.beta * (s.uncertainty - u_ref)
+            })
             .collect();
         let soft = softmax_weights(&scores, self.tau);
         let lambda = (self.gamma * signals.mean_consistency()).clamp(0.0, 1.0);

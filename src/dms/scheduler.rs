@@ -19,6 +19,12 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &str {
         "custom"
     }
+
+    /// The model file this scheduler was calibrated or trained for, if it records one (the
+    /// engine warns when it serves another model with it).
+    fn fitted_for(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Allowed range of each weight.

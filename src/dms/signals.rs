@@ -74,6 +74,66 @@ pub fn confidence(logits: &[f32]) -> f32 {
     (1.0 - entropy(logits) / norm).clamp(0.0, 1.0)
 }
 
+/// The two largest probabilities of `softmax(logits)` (0 where the vocabulary is shorter).
+pub fn top2_probabilities(logits: &[f32]) -> (f32, f32) {
+    let (mut p1, mut p2) = (0.0f64, 0.0f64);
+    for p in probabilities(logits) {
+        if p > p1 {
+            p2 = p1;
+            p1 = p;
+        } else if p > p2 {
+            p2 = p;
+        }
+    }
+    (p1 as f32, p2 as f32)
+}
+
+/// The most likely token's share of the `k` most likely tokens' total probability: a
+/// confidence among the plausible answers, blind to mass on unrelated tokens. In `[0, 1]`.
+pub fn top_k_share(logits: &[f32], k: usize) -> f32 {
+    let mut p = probabilities(logits);
+    if p.is_empty() || k == 0 {
+        return 0.0;
+    }
+    let k = k.min(p.len());
+    p.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let top = &p[..k];
+    let total: f64 = top.iter().sum();
+    let best = top.iter().copied().fold(0.0, f64::max);
+    if total > 0.0 {
+        (best / total) as f32
+    } else {
+        0.0
+    }
+}
+
+/// Agreement of two next-token distributions, `1 - JS(p, q) / ln 2`, in `[0, 1]`: 1 for equal
+/// distributions, 0 for disjoint ones. Distributions of different lengths compare only their
+/// common prefix (renormalised); empty inputs give 0.5 ("unknown").
+pub fn js_consistency(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return 0.5;
+    }
+    let (p, q) = (probabilities(&a[..n]), probabilities(&b[..n]));
+    let mut js = 0.0f64;
+    for (&x, &y) in p.iter().zip(&q) {
+        let m = (x + y) / 2.0;
+        if x > 0.0 {
+            js += 0.5 * x * (x / m).ln();
+        }
+        if y > 0.0 {
+            js += 0.5 * y * (y / m).ln();
+        }
+    }
+    let s = 1.0 - js / std::f64::consts::LN_2;
+    if s.is_finite() {
+        s.clamp(0.0, 1.0) as f32
+    } else {
+        0.5
+    }
+}
+
 /// Normalised mutual information (BALD) of `T` stochastic passes:
 /// `[H(mean_t p_t) - mean_t H(p_t)] / ln |V|`, clamped to `[0, 1]`.
 ///
@@ -176,6 +236,33 @@ pub fn apply_dropout(rows: &mut [f32], rate: f32, rng: &mut SplitMix64) {
         } else {
             *x *= keep;
         }
+    }
+}
+
+/// Inverted dropout with the same mask for identical rows: each row of width `width` draws its
+/// mask from `seed` and a hash of its own values, so that repeated rows (a uniform image's
+/// patches, a repeated word) are dropped alike and the perturbation does not average out over
+/// them. Rows whose `flagged` entry is false are left alone.
+pub fn apply_row_keyed_dropout(
+    rows: &mut [f32],
+    width: usize,
+    flagged: &[bool],
+    rate: f32,
+    seed: u64,
+) {
+    if width == 0 {
+        return;
+    }
+    for (row, &f) in rows.chunks_exact_mut(width).zip(flagged) {
+        if !f {
+            continue;
+        }
+        // FNV-1a over the row's bits: stable across runs and builds.
+        let key = row.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+            (h ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut rng = SplitMix64::new(seed ^ key);
+        apply_dropout(row, rate, &mut rng);
     }
 }
 

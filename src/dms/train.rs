@@ -404,6 +404,7 @@ pub fn train(
         train_loss,
         valid_loss,
         seed: config.seed,
+        model: None,
     });
     let report = TrainReport {
         train_loss,

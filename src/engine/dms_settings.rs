@@ -1,5 +1,7 @@
 //! What a request asks of the DMS stage and what the stage reports back.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::dms::{ModalityWeights, Signals};
@@ -19,20 +21,78 @@ pub enum DmsMode {
     Learned,
 }
 
-/// Which semantic-consistency signal feeds the scheduler.
-///
-/// The default is the input-space variant: on the demo model it separates matched from
-/// mismatched image/text pairs where the hidden-state variant does not (red: 0.641 vs 0.536
-/// against 0.872 vs 0.858; blue: 0.559 vs 0.496 against 0.866 vs 0.872, `tests/dms_engine.rs`).
-/// Both are always reported.
+/// Which semantic-consistency signal feeds the scheduler (all three are always reported in
+/// [`SignalVariants`]; the default is the one that measured best, see README Results).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsistencyVariant {
+    /// Agreement of the two unimodal answer distributions, `1 - JS / ln 2`, at their answer
+    /// positions.
+    Js,
     /// Mean-pooled last-layer hidden states of the unimodal passes.
     Hidden,
-    /// Mean-pooled input rows (no extra cost).
+    /// Mean-pooled input rows: the image's projected rows against the evidence's token rows
+    /// (no extra cost).
     #[default]
     Input,
+}
+
+/// Which confidence the scheduler sees. Every variant is read from the greedy continuation of
+/// a unimodal pass (question kept), at its *answer position*: the step, after the reply's
+/// opening token and within its first sentence, where the modality moves the distribution
+/// most against the question alone (see `Shift`): where the answer is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfidenceVariant {
+    /// The top token's probability at the answer position.
+    Top1,
+    /// The top token's share of the ten most likely tokens at the answer position.
+    #[default]
+    Topk,
+    /// First minus second probability at the answer position.
+    Margin,
+    /// `1 - H(p) / ln |V|` at the answer position.
+    Entropy,
+    /// `1 - H(p) / ln |V|` averaged over the continuation.
+    Mean,
+    /// `1 - H(p) / ln |V|` at the first reply token.
+    First,
+    /// How far the modality moves the answer: `JS(p, p_null) / ln 2` at the answer position,
+    /// against the question alone teacher-forced with the same continuation.
+    Shift,
+    /// Entropy removed by the modality at the answer position:
+    /// `(H(p_null) - H(p)) / ln |V|`.
+    Gain,
+}
+
+impl ConfidenceVariant {
+    /// The variant's name in [`SignalVariants`] (`confidence.top1`, ...).
+    pub fn key(self) -> &'static str {
+        match self {
+            ConfidenceVariant::Top1 => "confidence.top1",
+            ConfidenceVariant::Topk => "confidence.topk",
+            ConfidenceVariant::Margin => "confidence.margin",
+            ConfidenceVariant::Entropy => "confidence.entropy",
+            ConfidenceVariant::Mean => "confidence.mean",
+            ConfidenceVariant::First => "confidence.first",
+            ConfidenceVariant::Shift => "confidence.shift",
+            ConfidenceVariant::Gain => "confidence.gain",
+        }
+    }
+}
+
+/// Every measured variant of the signals, by name, and the unimodal passes' greedy answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SignalVariants {
+    /// Per image: `confidence.*`, `uncertainty`, `consistency.{js,hidden,input}`,
+    /// `answer_position`.
+    pub images: Vec<BTreeMap<String, f32>>,
+    /// The evidence: `confidence.*`, `uncertainty`, `answer_position`.
+    pub text: BTreeMap<String, f32>,
+    /// The greedy answer of each image's pass (that image and the question).
+    pub image_answers: Vec<String>,
+    /// The greedy answer of the text's pass (the question and the evidence, no image).
+    pub text_answer: String,
 }
 
 /// Per-request DMS settings.
@@ -52,6 +112,10 @@ pub struct DmsSettings {
     pub pool_images: bool,
     /// Which consistency signal the scheduler sees.
     pub consistency: ConsistencyVariant,
+    /// Which confidence the scheduler sees.
+    pub confidence: ConfidenceVariant,
+    /// Greedy tokens of each unimodal pass, among which the answer position is found.
+    pub answer_tokens: usize,
     /// Seed of the dropout masks.
     pub seed: u64,
 }
@@ -63,9 +127,11 @@ impl Default for DmsSettings {
             scheduler: None,
             weights: None,
             mc_samples: 4,
-            dropout: 0.1,
+            dropout: 0.3,
             pool_images: false,
             consistency: ConsistencyVariant::default(),
+            confidence: ConfidenceVariant::default(),
+            answer_tokens: 10,
             seed: 0,
         }
     }
@@ -93,6 +159,9 @@ impl DmsSettings {
 /// Largest accepted `mc_samples`.
 pub const MAX_MC_SAMPLES: usize = 16;
 
+/// Largest accepted `answer_tokens`.
+pub const MAX_ANSWER_TOKENS: usize = 32;
+
 /// Time spent in each DMS step, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct DmsTimings {
@@ -117,8 +186,14 @@ pub struct DmsReport {
     pub scheduler: String,
     /// The applied weights (images in order, then text).
     pub weights: ModalityWeights,
-    /// The measured signals (absent for `off` and `fixed`).
+    /// The measured signals (absent for `off` and `fixed`, and when there is nothing to weigh:
+    /// no image or no evidence).
     pub signals: Option<Signals>,
+    /// Every variant of the measured signals and the unimodal answers (with `signals`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variants: Option<SignalVariants>,
+    /// User-text tokens the text weight scales (the evidence; the question is never scaled).
+    pub evidence_tokens: usize,
     /// Both consistency variants, per image, when signals were measured.
     pub consistency_hidden: Option<Vec<f32>>,
     /// See `consistency_hidden`.

@@ -1,37 +1,68 @@
 //! The DMS stage on the model: the unimodal and Monte-Carlo dropout passes that measure each
-//! modality (DESIGN.md section 3), the signal cache, and the choice of scheduler.
+//! modality where its answer is decided (DESIGN.md section 3), the signal cache, and the
+//! choice of scheduler.
 //!
-//! For every image and for the user text, a *unimodal* prompt is built (the chat template with
-//! only that modality's content). Its passes share the template prefix: the prefix is decoded
-//! once on one sequence and copied to the others, then the clean pass and the `T` dropout passes
-//! (inverted dropout on that modality's rows) run as parallel sequences in as few decodes as the
-//! batch and the context allow. Image-derived results are cached by a hash of the image bytes.
+//! For every image and for the evidence, a *unimodal* prompt is built: that image and the
+//! user's question; or the question and the evidence without images. Its clean pass is
+//! continued greedily for a few tokens, and the step whose top token is least probable is the
+//! *answer position* (template-like words are near-certain; the answer is where the model
+//! decides). Confidence is read there; the `T` dropout passes (the same mask for identical
+//! rows) run as parallel sequences, teacher-forced up to that position, for the MC-dropout
+//! uncertainty; the two unimodal answer distributions give the consistency. Image results are
+//! cached by a hash of the image bytes and the question.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dms::{
-    apply_dropout, avg_pool_2x2, confidence, cosine_consistency, mean_pool, mutual_information,
-    ModalitySignals, ModalityWeights, Registry, Scheduler, Signals, SplitMix64,
+    apply_row_keyed_dropout, confidence, cosine_consistency, js_consistency, mean_pool,
+    mutual_information, top2_probabilities, top_k_share, ModalitySignals, Registry, Scheduler,
+    Signals,
 };
-use crate::llama::{Batch, ChunkKind, LlamaError, Token};
+use crate::llama::{ChunkKind, Token};
 
 use super::dms_settings::{
-    ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings, MAX_MC_SAMPLES,
+    ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings, SignalVariants,
+    MAX_ANSWER_TOKENS, MAX_MC_SAMPLES,
 };
 use super::lru::Lru;
+use super::passes::{mean_of_flagged, Body, Unimodal};
 use super::prompt::{Piece, Prompt};
 use super::runtime::Runtime;
-use super::EngineError;
+use super::{EngineError, ModalityWeights};
 
 /// Image-derived results kept between requests.
 #[derive(Clone)]
 struct ImageEntry {
-    signals: ModalitySignals,
-    hidden: Vec<f32>,
+    measured: Measurement,
     input_mean: Vec<f32>,
+}
+
+/// What the passes of one modality measured.
+#[derive(Clone)]
+struct Measurement {
+    /// Every variant by name (`confidence.*`, `uncertainty`, `answer_position`).
+    variants: BTreeMap<String, f32>,
+    /// The clean pass's logits at the answer position.
+    answer_logits: Vec<f32>,
+    /// The clean pass's greedy answer.
+    answer: String,
+    /// Mean last-layer hidden state over the modality rows of the clean pass.
+    hidden: Option<Vec<f32>>,
+}
+
+impl Measurement {
+    fn signals(&self, settings: &DmsSettings) -> ModalitySignals {
+        let get = |k: &str| self.variants.get(k).copied().unwrap_or(0.5);
+        ModalitySignals {
+            confidence: get(settings.confidence.key()),
+            uncertainty: get("uncertainty"),
+        }
+        .sanitised()
+    }
 }
 
 /// A small LRU of image results keyed by a hash of the image bytes and the settings.
@@ -44,34 +75,10 @@ impl SignalCache {
     }
 }
 
-/// One pass body: rows and which of them belong to the measured modality.
-pub(super) struct Body {
-    rows: Vec<f32>,
-    modality: Vec<bool>,
-}
-
-/// Rows of a unimodal prompt cut around the modality.
-pub(super) struct Unimodal {
-    pub(super) prefix: Vec<f32>,
-    /// The tokens whose rows `prefix` holds (all at weight 1).
-    pub(super) prefix_tokens: Vec<Token>,
-    pub(super) body: Body,
-    pub(super) suffix: Vec<f32>,
-}
-
-/// Logits at the end of a pass and the mean hidden state over its modality rows.
-pub(super) struct PassOutput {
-    logits: Vec<f32>,
-    pub(super) hidden_mean: Option<Vec<f32>>,
-}
-
-/// One row of a pass batch: (row, position, sequence, output: `Some((pass, is_last_row))`).
-type PassRow<'a> = (&'a [f32], i32, i32, Option<(usize, bool)>);
-
 /// Resolution of weights computed from measured signals. The passes' float results vary in the
 /// last digits with where they land in the shared KV cache; rounding keeps that noise out of
 /// the weights, so a repeated request gets the same weights and reuses its cached KV.
-const MEASURED_WEIGHT_STEP: f32 = 0.01;
+pub const MEASURED_WEIGHT_STEP: f32 = 0.01;
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
@@ -84,7 +91,7 @@ fn hash_of(parts: &[&[u8]]) -> u64 {
 }
 
 /// Picks the scheduler for `settings` (`None` for `off`).
-pub(super) fn pick_scheduler(
+pub fn pick_scheduler(
     registry: &Registry,
     settings: &DmsSettings,
 ) -> Result<Option<Arc<dyn Scheduler>>, EngineError> {
@@ -114,7 +121,8 @@ pub(super) fn pick_scheduler(
 
 impl Runtime<'_> {
     /// Runs the DMS stage for a request whose answer prompt is `prompt`: measures the signals
-    /// when the scheduler needs them and returns its weights.
+    /// when the scheduler needs them and returns its weights. With no image or no evidence
+    /// there is nothing to weigh: the weights are all 1 and no pass runs.
     pub(super) fn dms_stage(
         &mut self,
         prompt: &Prompt,
@@ -126,47 +134,97 @@ impl Runtime<'_> {
     ) -> Result<DmsReport, EngineError> {
         let start = Instant::now();
         let n_images = prompt.n_images();
-        let mut timings = DmsTimings::default();
-        if !scheduler.needs_signals() || n_images == 0 {
+        let evidence_tokens = prompt.n_evidence_tokens();
+        let timings = DmsTimings::default();
+        if !scheduler.needs_signals() {
+            let signals = Signals::neutral(n_images);
             return conclude(
                 scheduler,
                 settings,
-                Signals::neutral(n_images),
+                signals,
                 None,
                 timings,
                 start,
+                evidence_tokens,
             );
+        }
+        if n_images == 0 || evidence_tokens == 0 {
+            let fixed = crate::dms::FixedScheduler::new(ModalityWeights::uniform(n_images))
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let signals = Signals::neutral(n_images);
+            let mut report = conclude(
+                &fixed,
+                settings,
+                signals,
+                None,
+                timings,
+                start,
+                evidence_tokens,
+            )?;
+            report.mode = settings.mode;
+            report.scheduler = scheduler.name().to_string();
+            return Ok(report);
         }
         let unimodal =
             unimodal.ok_or_else(|| EngineError::Internal("unimodal prompts missing".into()))?;
-        if settings.mc_samples > MAX_MC_SAMPLES || !(0.0..0.95).contains(&settings.dropout) {
+        if settings.mc_samples > MAX_MC_SAMPLES
+            || !(0.0..0.95).contains(&settings.dropout)
+            || !(1..=MAX_ANSWER_TOKENS).contains(&settings.answer_tokens)
+        {
             return Err(EngineError::InvalidRequest(format!(
-                "mc_samples must be at most {MAX_MC_SAMPLES} and dropout in [0, 0.95)"
+                "mc_samples must be at most {MAX_MC_SAMPLES}, dropout in [0, 0.95) and \
+                 answer_tokens in [1, {MAX_ANSWER_TOKENS}]"
             )));
         }
+        self.measure_all(
+            prompt,
+            unimodal,
+            image_bytes,
+            scheduler,
+            settings,
+            cache,
+            start,
+        )
+    }
 
-        // Text first: its hidden mean is needed for every image's consistency.
+    #[allow(clippy::too_many_arguments)]
+    fn measure_all(
+        &mut self,
+        prompt: &Prompt,
+        unimodal: &UnimodalPrompts,
+        image_bytes: &[&[u8]],
+        scheduler: &dyn Scheduler,
+        settings: &DmsSettings,
+        cache: &mut SignalCache,
+        start: Instant,
+    ) -> Result<DmsReport, EngineError> {
+        let width = self.model().n_embd_inp();
+        let mut timings = DmsTimings::default();
+        // Text first: its answer distribution is needed for every image's consistency.
         let t = Instant::now();
-        let text_seed = settings.seed ^ 0x7e57_7e57;
-        let (text_signals, text_hidden, text_input) =
-            match self.unimodal_rows(&unimodal.text, &[], true, None)? {
-                Some(u) => {
-                    let (sig, hidden) = self.measure(&u, settings, text_seed)?;
-                    (
-                        sig,
-                        hidden,
-                        mean_of_flagged(&u.body, self.model().n_embd_inp()),
-                    )
-                }
-                None => (ModalitySignals::NEUTRAL, None, None),
-            };
+        let u = self
+            .unimodal_rows(&unimodal.text, &[], true, None)?
+            .ok_or_else(|| EngineError::Internal("evidence without text rows".into()))?;
+        let null = unimodal.null.text_tokens();
+        let text = self.measure(&u, &null, settings, settings.seed ^ 0x7e57_7e57)?;
+        let text_input = mean_of_flagged(&u.body, width);
         timings.text_passes_ms = ms(t);
 
         let settings_key = format!(
-            "{}/{}/{}/{}",
-            settings.mc_samples, settings.dropout, settings.pool_images, settings.seed
+            "{}/{}/{}/{}/{}",
+            settings.mc_samples,
+            settings.dropout,
+            settings.pool_images,
+            settings.answer_tokens,
+            settings.seed
         );
-        let mut images = Vec::with_capacity(n_images);
+        let mut variants = SignalVariants {
+            text: text.variants.clone(),
+            text_answer: text.answer.clone(),
+            ..SignalVariants::default()
+        };
+        let mut images = Vec::with_capacity(image_bytes.len());
+        let mut consistency = Vec::with_capacity(image_bytes.len());
         let (mut hidden_cons, mut input_cons) = (Vec::new(), Vec::new());
         let mut hits = 0;
         for (i, image_prompt) in unimodal.images.iter().enumerate() {
@@ -190,47 +248,66 @@ impl Runtime<'_> {
                         .ok_or_else(|| {
                             EngineError::Internal("image prompt without image rows".into())
                         })?;
-                    let (signals, hidden) = self.measure(&u, settings, settings.seed ^ key)?;
+                    let measured = self.measure(&u, &null, settings, settings.seed ^ key)?;
                     timings.image_passes_ms += ms(t);
-                    let input_mean = mean_pool(&rows.concat(), self.model().n_embd_inp());
                     let e = ImageEntry {
-                        signals,
-                        hidden: hidden.unwrap_or_default(),
-                        input_mean,
+                        measured,
+                        input_mean: mean_pool(&rows.concat(), width),
                     };
                     cache.0.put(key, e.clone(), 1);
                     e
                 }
             };
-            images.push(entry.signals);
-            hidden_cons.push(match &text_hidden {
-                Some(t) if !entry.hidden.is_empty() => cosine_consistency(&entry.hidden, t),
+            let m = &entry.measured;
+            let js = js_consistency(&m.answer_logits, &text.answer_logits);
+            let hidden = match (&m.hidden, &text.hidden) {
+                (Some(a), Some(b)) => cosine_consistency(a, b),
                 _ => 0.5,
-            });
+            };
             // An image whose projected rows are all zero (the projector recognised nothing)
             // carries no evidence of agreeing with the text: consistency 0, not neutral.
             let blank = entry.input_mean.iter().all(|v| *v == 0.0);
-            input_cons.push(match &text_input {
+            let input = match &text_input {
                 _ if blank => 0.0,
                 Some(t) => cosine_consistency(&entry.input_mean, t),
                 None => 0.5,
+            };
+            let mut v = m.variants.clone();
+            v.insert("consistency.js".into(), js);
+            v.insert("consistency.hidden".into(), hidden);
+            v.insert("consistency.input".into(), input);
+            variants.images.push(v);
+            variants.image_answers.push(m.answer.clone());
+            images.push(m.signals(settings));
+            consistency.push(match settings.consistency {
+                ConsistencyVariant::Js => js,
+                ConsistencyVariant::Hidden => hidden,
+                ConsistencyVariant::Input => input,
             });
+            hidden_cons.push(hidden);
+            input_cons.push(input);
         }
         let signals = Signals {
             images,
-            text: text_signals,
-            consistency: match settings.consistency {
-                ConsistencyVariant::Hidden => hidden_cons.clone(),
-                ConsistencyVariant::Input => input_cons.clone(),
-            },
+            text: text.signals(settings),
+            consistency,
             image_missing: false,
         };
         let measured = Measured {
             hidden: hidden_cons,
             input: input_cons,
             hits,
+            variants,
         };
-        conclude(scheduler, settings, signals, Some(measured), timings, start)
+        conclude(
+            scheduler,
+            settings,
+            signals,
+            Some(measured),
+            timings,
+            start,
+            prompt.n_evidence_tokens(),
+        )
     }
 
     /// Encodes every image chunk of a (single-image) prompt, through the embedding cache.
@@ -262,282 +339,167 @@ impl Runtime<'_> {
         Ok(out)
     }
 
-    /// Rows of a unimodal prompt split into prefix / modality body / suffix. For the text
-    /// prompt the body spans the user text pieces; for an image prompt it is the image piece,
-    /// whose encoded rows are `encoded` (optionally 2x2-pooled). With `joint` weights the
-    /// prompt is the whole request: user text and images both count as modality rows, each
-    /// scaled by its weight. `None` when the prompt has no modality rows (e.g. a request
-    /// without user text).
-    pub(super) fn unimodal_rows(
-        &self,
-        prompt: &Prompt,
-        encoded: &[Vec<f32>],
-        pool: bool,
-        joint: Option<&ModalityWeights>,
-    ) -> Result<Option<Unimodal>, EngineError> {
+    /// One modality's measurement: the clean pass continued greedily to find the answer
+    /// position, the confidence variants there, and the MC-dropout uncertainty of `T` passes
+    /// teacher-forced up to that position.
+    fn measure(
+        &mut self,
+        u: &Unimodal,
+        null_prompt: &[Token],
+        settings: &DmsSettings,
+        seed: u64,
+    ) -> Result<Measurement, EngineError> {
         let width = self.model().n_embd_inp();
-        let is_modality = |p: &Piece| match p {
-            Piece::Text { user, .. } => *user && (encoded.is_empty() || joint.is_some()),
-            Piece::Image { .. } => true,
+        let clean = Body {
+            rows: u.body.rows.clone(),
+            modality: u.body.modality.clone(),
         };
-        let Some(first) = prompt.pieces.iter().position(is_modality) else {
-            return Ok(None);
+        let mut outputs = self.run_passes(u, std::slice::from_ref(&clean), true)?;
+        let first = outputs
+            .pop()
+            .ok_or_else(|| EngineError::Internal("no pass".into()))?;
+        let prefix_len = (u.prefix.len() / width) as i32;
+        let trace =
+            self.continue_greedy(first.logits, first.end, prefix_len, settings.answer_tokens)?;
+        let steps: Vec<Step> = trace.logits.iter().map(|l| Step::of(l)).collect();
+        let pieces: Vec<String> = trace
+            .tokens
+            .iter()
+            .map(|&t| self.model().detokenize(&[t]))
+            .collect();
+        let window = answer_window(&pieces);
+        // The question alone, teacher-forced with the same continuation: what the model would
+        // say without this modality. The answer position is where the modality moves the
+        // distribution most (template-like words move little, with or without it).
+        let null = if trace.tokens.is_empty() {
+            Vec::new()
+        } else {
+            self.teacher_forced_logits(null_prompt, &trace.tokens)?
         };
-        let last = prompt.pieces.iter().rposition(is_modality).unwrap_or(first);
-        let mut u = Unimodal {
-            prefix: Vec::new(),
-            prefix_tokens: Vec::new(),
+        let shift = |k: usize| {
+            null.get(k)
+                .map_or(0.0, |n| 1.0 - js_consistency(&trace.logits[k], n))
+        };
+        let at = if null.is_empty() {
+            window.start
+        } else {
+            window
+                .clone()
+                .max_by(|&a, &b| shift(a).total_cmp(&shift(b)))
+                .unwrap_or(window.start)
+        };
+        let answer = &steps[at];
+        let null_entropy = null.get(at).map(|n| confidence(n));
+        let mean =
+            window.clone().map(|k| steps[k].entropy).sum::<f32>() / window.len().max(1) as f32;
+        let mut variants = BTreeMap::new();
+        variants.insert("confidence.top1".to_string(), answer.top1);
+        variants.insert("confidence.topk".to_string(), answer.topk);
+        variants.insert("confidence.margin".to_string(), answer.margin);
+        variants.insert("confidence.entropy".to_string(), answer.entropy);
+        variants.insert("confidence.mean".to_string(), mean);
+        variants.insert("confidence.first".to_string(), steps[0].entropy);
+        variants.insert("confidence.shift".to_string(), shift(at));
+        variants.insert(
+            "confidence.gain".to_string(),
+            null_entropy.map_or(0.0, |n| (answer.entropy - n).clamp(-1.0, 1.0)),
+        );
+        variants.insert("answer_position".to_string(), at as f32);
+        if std::env::var_os("LLAMA_DMS_DEBUG_STEPS").is_some() {
+            for (k, st) in steps.iter().enumerate() {
+                let piece = pieces.get(k).map(String::as_str).unwrap_or_default();
+                eprintln!(
+                    "step {k} top1 {:.3} topk {:.3} shift {:.3} {piece:?}",
+                    st.top1,
+                    st.topk,
+                    shift(k)
+                );
+            }
+        }
+
+        // Dropout passes, teacher-forced with the greedy tokens up to the answer position.
+        let mut forced = Unimodal {
+            prefix: u.prefix.clone(),
+            prefix_tokens: u.prefix_tokens.clone(),
             body: Body {
                 rows: Vec::new(),
                 modality: Vec::new(),
             },
-            suffix: Vec::new(),
+            suffix: u.suffix.clone(),
         };
-        if let Some(bos) = prompt.bos {
-            self.rows.append_rows(&[bos], 1.0, width, &mut u.prefix)?;
-            u.prefix_tokens.push(bos);
-        }
-        let mut image_chunk = 0;
-        for (k, piece) in prompt.pieces.iter().enumerate() {
-            match piece {
-                Piece::Text { tokens, user } => {
-                    let weight = match joint {
-                        Some(w) if *user => w.text,
-                        _ => 1.0,
-                    };
-                    let mut rows = Vec::new();
-                    self.rows.append_rows(tokens, weight, width, &mut rows)?;
-                    if k < first {
-                        u.prefix.extend_from_slice(&rows);
-                        u.prefix_tokens.extend_from_slice(tokens);
-                    } else if k > last {
-                        u.suffix.extend_from_slice(&rows);
-                    } else {
-                        u.body
-                            .modality
-                            .extend(std::iter::repeat_n(*user, rows.len() / width));
-                        u.body.rows.extend_from_slice(&rows);
-                    }
-                }
-                Piece::Image { chunks, index } => {
-                    let weight =
-                        joint.map_or(1.0, |w| w.images.get(*index).copied().unwrap_or(1.0));
-                    for chunk in chunks.iter() {
-                        if chunk.kind() == ChunkKind::Image {
-                            let rows = encoded.get(image_chunk).ok_or_else(|| {
-                                EngineError::Internal("image rows missing for a signal pass".into())
-                            })?;
-                            image_chunk += 1;
-                            let n = rows.len() / width;
-                            let side = (n as f64).sqrt() as usize;
-                            let mut rows = if pool && side * side == n && side > 1 {
-                                avg_pool_2x2(rows, width, side, side).0
-                            } else {
-                                rows.clone()
-                            };
-                            if weight != 1.0 {
-                                rows.iter_mut().for_each(|v| *v *= weight);
-                            }
-                            u.body
-                                .modality
-                                .extend(std::iter::repeat_n(true, rows.len() / width));
-                            u.body.rows.extend_from_slice(&rows);
-                        } else {
-                            let start = u.body.rows.len() / width;
-                            self.rows
-                                .append_rows(chunk.tokens(), 1.0, width, &mut u.body.rows)?;
-                            u.body.modality.extend(std::iter::repeat_n(
-                                false,
-                                u.body.rows.len() / width - start,
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        if u.suffix.is_empty() {
-            return Err(EngineError::InvalidRequest(
-                "the chat template must end with text".into(),
-            ));
-        }
-        Ok(Some(u))
-    }
-
-    /// Confidence, MC-dropout uncertainty and the clean pass's mean hidden state of one modality.
-    fn measure(
-        &mut self,
-        u: &Unimodal,
-        settings: &DmsSettings,
-        seed: u64,
-    ) -> Result<(ModalitySignals, Option<Vec<f32>>), EngineError> {
-        let width = self.model().n_embd_inp();
-        let mut rng = SplitMix64::new(seed);
-        let mut bodies = vec![Body {
-            rows: u.body.rows.clone(),
-            modality: u.body.modality.clone(),
-        }];
-        for _ in 0..settings.mc_samples {
-            let mut rows = u.body.rows.clone();
-            for (row, flagged) in rows.chunks_exact_mut(width).zip(&u.body.modality) {
-                if *flagged {
-                    apply_dropout(row, settings.dropout, &mut rng);
-                }
-            }
-            bodies.push(Body {
-                rows,
-                modality: u.body.modality.clone(),
-            });
-        }
-        let outputs = self.run_passes(u, &bodies)?;
-        let clean = &outputs[0];
-        let samples: Vec<Vec<f32>> = outputs[1..].iter().map(|o| o.logits.clone()).collect();
-        let signals = ModalitySignals {
-            confidence: confidence(&clean.logits),
-            uncertainty: mutual_information(&samples),
-        };
-        Ok((signals.sanitised(), clean.hidden_mean.clone()))
-    }
-
-    /// Runs `u`'s prefix + body + suffix for every body in `bodies` as parallel sequences
-    /// (1, 2, ...): the prefix is decoded once and shared by sequence copies, the bodies go in
-    /// as few decodes as the batch size allows, in groups that fit the free sequences and the
-    /// context.
-    pub(super) fn run_passes(
-        &mut self,
-        u: &Unimodal,
-        bodies: &[Body],
-    ) -> Result<Vec<PassOutput>, EngineError> {
-        let (prefix, suffix) = (&u.prefix, &u.suffix);
-        let width = self.model().n_embd_inp();
-        let n_prefix = prefix.len() / width;
-        let per_pass = bodies[0].rows.len() / width + suffix.len() / width;
-        let base = self.signal_seq_base;
-        let free_seqs = (self.ctx.params().n_seq_max as i32 - base).max(0) as usize;
-        let n_ctx = self.ctx.n_ctx();
-        let fit = self.slot_ctx.saturating_sub(n_prefix) / per_pass.max(1);
-        let group = free_seqs.min(fit).min(bodies.len());
-        if group == 0 {
-            return Err(LlamaError::ContextFull {
-                needed: n_prefix + per_pass,
-                n_ctx,
-            }
-            .into());
-        }
-        let want_hidden = self.ctx.params().hidden_states;
-        let mut outputs = Vec::with_capacity(bodies.len());
-        for (g, chunk) in bodies.chunks(group).enumerate() {
-            let seqs: Vec<i32> = (base..base + chunk.len() as i32).collect();
-            let pos = self.pass_prefix_in_kv(prefix, &u.prefix_tokens)?;
-            for &s in &seqs[1..] {
-                self.ctx.copy_seq(base, s, -1, -1);
-            }
-            // (row, position, sequence, output: None | Some((pass, is_last)))
-            let mut entries: Vec<PassRow<'_>> = Vec::new();
-            for (p, body) in chunk.iter().enumerate() {
-                let seq = seqs[p];
-                let hidden_pass = want_hidden && g == 0 && p == 0;
-                let mut at = pos;
-                for (row, flagged) in body.rows.chunks_exact(width).zip(&body.modality) {
-                    entries.push((
-                        row,
-                        at,
-                        seq,
-                        (hidden_pass && *flagged).then_some((p, false)),
-                    ));
-                    at += 1;
-                }
-                let n_suffix = suffix.len() / width;
-                for (k, row) in suffix.chunks_exact(width).enumerate() {
-                    entries.push((row, at, seq, (k + 1 == n_suffix).then_some((p, true))));
-                    at += 1;
-                }
-            }
-            let mut pass_out: Vec<PassOutput> = chunk
-                .iter()
-                .map(|_| PassOutput {
-                    logits: Vec::new(),
-                    hidden_mean: None,
-                })
-                .collect();
-            let mut hidden_sum: Vec<f64> = Vec::new();
-            let mut hidden_n = 0usize;
-            let per_batch = self.ctx.n_batch().max(1);
-            let mut batch = Batch::embeddings(per_batch.min(entries.len()), width);
-            for block in entries.chunks(per_batch) {
-                batch.clear();
-                for (row, at, seq, out) in block {
-                    batch.push_row(row, *at, *seq, out.is_some())?;
-                }
-                self.ctx.decode(&batch)?;
-                for (i, (_, _, _, out)) in block.iter().enumerate() {
-                    match out {
-                        Some((p, true)) => {
-                            pass_out[*p].logits = self.ctx.logits(i as i32)?.to_vec()
-                        }
-                        Some((_, false)) => {
-                            let h = self.ctx.hidden_state(i as i32)?;
-                            hidden_sum.resize(h.len(), 0.0);
-                            hidden_sum
-                                .iter_mut()
-                                .zip(h)
-                                .for_each(|(s, v)| *s += f64::from(*v));
-                            hidden_n += 1;
-                        }
-                        None => {}
-                    }
-                }
-            }
-            if hidden_n > 0 {
-                pass_out[0].hidden_mean = Some(
-                    hidden_sum
-                        .iter()
-                        .map(|s| (s / hidden_n as f64) as f32)
-                        .collect(),
+        self.rows
+            .append_rows(&trace.tokens[..at], 1.0, width, &mut forced.suffix)?;
+        let bodies: Vec<Body> = (0..settings.mc_samples as u64)
+            .map(|k| {
+                let mut rows = u.body.rows.clone();
+                let mask_seed = seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                apply_row_keyed_dropout(
+                    &mut rows,
+                    width,
+                    &u.body.modality,
+                    settings.dropout,
+                    mask_seed,
                 );
-            }
-            // The prefix stays on the first sequence for the next passes (often the next
-            // request's too: the same system prompt).
-            self.ctx.remove_seq(base, pos, -1);
-            for &s in &seqs[1..] {
-                self.ctx.remove_seq(s, -1, -1);
-            }
-            outputs.extend(pass_out);
-        }
-        Ok(outputs)
+                Body {
+                    rows,
+                    modality: u.body.modality.clone(),
+                }
+            })
+            .collect();
+        let uncertainty = if bodies.is_empty() {
+            0.0
+        } else {
+            let samples: Vec<Vec<f32>> = self
+                .run_passes(&forced, &bodies, false)?
+                .into_iter()
+                .map(|o| o.logits)
+                .collect();
+            mutual_information(&samples)
+        };
+        variants.insert("uncertainty".to_string(), uncertainty);
+        Ok(Measurement {
+            variants,
+            answer_logits: trace.logits[at].clone(),
+            answer: self.model().detokenize(&trace.tokens),
+            hidden: first.hidden_mean,
+        })
     }
 }
 
-impl Runtime<'_> {
-    /// Makes the first signal sequence hold exactly `prefix`, the rows of `tokens` (reusing
-    /// it when it already does), and returns the next position.
-    fn pass_prefix_in_kv(&mut self, prefix: &[f32], tokens: &[Token]) -> Result<i32, EngineError> {
-        let base = self.signal_seq_base;
-        let n_prefix = (prefix.len() / self.model().n_embd_inp()) as i32;
-        if self.pass_prefix.as_deref() == Some(tokens) {
-            self.ctx.remove_seq(base, n_prefix, -1);
-            return Ok(n_prefix);
+/// The distribution of one continuation step, summarised.
+struct Step {
+    top1: f32,
+    /// The top token's share of the `TOP_K` most likely tokens' probability.
+    topk: f32,
+    margin: f32,
+    entropy: f32,
+}
+
+/// How many of the most likely tokens `confidence.topk` renormalises over.
+const TOP_K: usize = 10;
+
+impl Step {
+    fn of(logits: &[f32]) -> Self {
+        let (p1, p2) = top2_probabilities(logits);
+        Self {
+            top1: p1,
+            topk: top_k_share(logits, TOP_K),
+            margin: p1 - p2,
+            entropy: confidence(logits),
         }
-        self.pass_prefix = None;
-        self.ctx.remove_seq(base, -1, -1);
-        let mut pos = 0;
-        if n_prefix > 0 {
-            self.decode_rows(prefix, &mut pos, base, false)?;
-        }
-        self.pass_prefix = Some(tokens.to_vec());
-        Ok(pos)
     }
 }
 
-/// Mean of the modality rows of a body (`None` if it has none).
-fn mean_of_flagged(body: &Body, width: usize) -> Option<Vec<f32>> {
-    let rows: Vec<f32> = body
-        .rows
-        .chunks_exact(width)
-        .zip(&body.modality)
-        .filter(|(_, f)| **f)
-        .flat_map(|(r, _)| r.iter().copied())
-        .collect();
-    (!rows.is_empty()).then(|| mean_pool(&rows, width))
+/// The steps of a continuation (`pieces`: the chosen tokens' text) among which the answer is
+/// looked for: after the reply's opening token (its wording), up to the end of the first
+/// sentence (the token that ends it is left out). Never empty.
+fn answer_window(pieces: &[String]) -> std::ops::Range<usize> {
+    let end = pieces
+        .iter()
+        .position(|p| p.contains(['.', '!', '?', '\n']))
+        .unwrap_or(pieces.len());
+    let start = usize::from(end > 1);
+    start..end.max(start + 1)
 }
 
 /// What the signal passes measured besides the signals themselves.
@@ -545,6 +507,7 @@ struct Measured {
     hidden: Vec<f32>,
     input: Vec<f32>,
     hits: usize,
+    variants: SignalVariants,
 }
 
 /// Runs the scheduler and assembles the report (`measured` is `None` when no passes ran).
@@ -555,6 +518,7 @@ fn conclude(
     measured: Option<Measured>,
     mut timings: DmsTimings,
     start: Instant,
+    evidence_tokens: usize,
 ) -> Result<DmsReport, EngineError> {
     let n_images = signals.images.len();
     let t = Instant::now();
@@ -566,12 +530,17 @@ fn conclude(
     timings.scheduler_ms = ms(t);
     timings.total_ms = ms(start);
     let hits = measured.as_ref().map_or(0, |m| m.hits);
-    let (hidden, input) = measured.map(|m| (m.hidden, m.input)).unzip();
+    let (hidden, input, variants) = match measured {
+        Some(m) => (Some(m.hidden), Some(m.input), Some(m.variants)),
+        None => (None, None, None),
+    };
     Ok(DmsReport {
         mode: settings.mode,
         scheduler: scheduler.name().to_string(),
         weights,
         signals: hidden.is_some().then_some(signals),
+        variants,
+        evidence_tokens,
         consistency_hidden: hidden,
         consistency_input: input,
         image_cache_hits: hits,
@@ -589,6 +558,9 @@ fn dms_error(e: crate::dms::DmsError) -> EngineError {
 pub(super) struct UnimodalPrompts {
     pub images: Vec<Prompt>,
     pub text: Prompt,
+    /// The question alone (system messages and the last user message's question): the
+    /// reference against which each modality's answer position is found.
+    pub null: Prompt,
     /// What besides the image bytes shapes an image's prompt (the system messages).
     pub context_key: String,
 }

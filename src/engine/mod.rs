@@ -17,9 +17,11 @@ mod fault;
 pub mod image;
 pub mod lru;
 mod mwc;
+mod passes;
 pub mod prompt;
 pub mod prompt_cache;
 pub mod runtime;
+pub mod split;
 pub mod stats;
 pub mod text;
 mod worker;
@@ -36,8 +38,11 @@ use crate::llama::{LlamaError, SamplerParams};
 
 pub use crate::dms::ModalityWeights;
 pub use decoding::{Decoding, Emitted, GenerateOptions, Generation, Step, TokenLogprob};
-pub use dms_settings::{ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings};
-pub use dms_stage::SignalCache;
+pub use dms_settings::{
+    ConfidenceVariant, ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings,
+    SignalVariants,
+};
+pub use dms_stage::{pick_scheduler, SignalCache, MEASURED_WEIGHT_STEP};
 pub use image::{decode_image, ImageError, RgbImage};
 pub use prompt::{ContentPart, Message, Prompt, Role};
 pub use runtime::{Runtime, RuntimeConfig};

@@ -2,7 +2,8 @@
 //! evaluation: how far the mean-pooled last-layer hidden state of the weighted joint pass lies
 //! from those of the unimodal passes, each modality counted by its weight.
 
-use super::dms_stage::{Unimodal, UnimodalPrompts};
+use super::dms_stage::UnimodalPrompts;
+use super::passes::Unimodal;
 use super::prompt::Prompt;
 use super::runtime::Runtime;
 use super::EngineError;
@@ -47,7 +48,7 @@ impl Runtime<'_> {
 
     /// Mean last-layer hidden state over the modality rows of one clean pass of `u`.
     fn hidden_mean(&mut self, u: &Unimodal) -> Result<Vec<f32>, EngineError> {
-        let outputs = self.run_passes(u, std::slice::from_ref(&u.body))?;
+        let outputs = self.run_passes(u, std::slice::from_ref(&u.body), false)?;
         outputs
             .into_iter()
             .next()

@@ -14,6 +14,7 @@ use super::dms_stage::{pick_scheduler, UnimodalPrompts};
 use super::fault::{self, Stage};
 use super::prompt_cache::{common_prefix, positions, prompt_units, Unit};
 use super::runtime::Prefill;
+use super::split::split_message;
 use super::stats::Outcome;
 use super::{
     decode_image, ContentPart, DmsMode, DmsReport, Done, EngineConfig, EngineError, EngineStats,
@@ -71,6 +72,7 @@ pub(super) fn run(
         n_vocab: model.n_vocab(),
         vision: rt.mtmd().is_some_and(|m| m.supports_vision()),
     };
+    warn_about_other_models(&config);
     tracing::info!(model = %info.name, n_ctx = info.n_ctx, vision = info.vision, "engine ready");
     if ready.send(Ok(info)).is_err() {
         return;
@@ -144,6 +146,29 @@ pub(super) fn run(
                     EngineError::Internal("decode step panicked".into()),
                     stats,
                     &mut slot_units,
+                );
+            }
+        }
+    }
+}
+
+/// Warns for every scheduler plugin calibrated or trained for another model file than the one
+/// served: its references and weights describe that model's signals, not this one's.
+fn warn_about_other_models(config: &EngineConfig) {
+    let served = config
+        .model
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for name in config.schedulers.names() {
+        let Some(scheduler) = config.schedulers.get(&name) else {
+            continue;
+        };
+        if let Some(fitted) = scheduler.fitted_for() {
+            if fitted != served {
+                tracing::warn!(
+                    "scheduler {name:?} was fitted for {fitted}, not {served}: run \
+                     `llama-dms calibrate` (rule) or `train-scheduler` (learned) for this model"
                 );
             }
         }
@@ -297,7 +322,7 @@ fn start(
                 .flat_map(|m| &m.content)
                 .filter_map(|p| match p {
                     ContentPart::Image(b) => Some(b.as_slice()),
-                    ContentPart::Text(_) => None,
+                    _ => None,
                 })
                 .collect();
             rt.dms_stage(
@@ -310,6 +335,7 @@ fn start(
             )?
         }
     };
+    dms.evidence_tokens = prompt.n_evidence_tokens();
     if let (true, Some(unimodal)) = (request.measure_mwc, &unimodal) {
         dms.mwc = Some(rt.mwc(&prompt, unimodal, &dms.weights)?);
     }
@@ -515,6 +541,8 @@ fn off_report(n_images: usize) -> DmsReport {
         scheduler: "off".into(),
         weights: ModalityWeights::uniform(n_images),
         signals: None,
+        variants: None,
+        evidence_tokens: 0,
         consistency_hidden: None,
         consistency_input: None,
         image_cache_hits: 0,
@@ -523,8 +551,8 @@ fn off_report(n_images: usize) -> DmsReport {
     }
 }
 
-/// The unimodal prompts of a request: each image alone after the system messages, and the
-/// conversation without its images.
+/// The unimodal prompts of a request: each image with the question of the last user message
+/// after the system messages, and the conversation without its images.
 fn unimodal_prompts(
     rt: &Runtime<'_>,
     messages: &[Message],
@@ -535,13 +563,12 @@ fn unimodal_prompts(
         .filter(|m| m.role == Role::System)
         .cloned()
         .collect();
+    let question = last_question(messages);
     let context_key: String = system
         .iter()
         .flat_map(|m| &m.content)
-        .filter_map(|p| match p {
-            ContentPart::Text(t) => Some(t.as_str()),
-            ContentPart::Image(_) => None,
-        })
+        .filter_map(ContentPart::text)
+        .chain([question.as_str()])
         .collect::<Vec<_>>()
         .join("\u{1}");
     let image_parts = messages
@@ -551,9 +578,13 @@ fn unimodal_prompts(
     let mut image_prompts = Vec::with_capacity(images.len());
     for (part, image) in image_parts.zip(images) {
         let mut msgs = system.clone();
+        let mut content = vec![part.clone()];
+        if !question.is_empty() {
+            content.push(ContentPart::Question(question.clone()));
+        }
         msgs.push(Message {
             role: Role::User,
-            content: vec![part.clone()],
+            content,
         });
         image_prompts.push(Prompt::build(
             rt.model(),
@@ -569,15 +600,33 @@ fn unimodal_prompts(
             content: m
                 .content
                 .iter()
-                .filter(|p| matches!(p, ContentPart::Text(_)))
+                .filter(|p| p.text().is_some())
                 .cloned()
                 .collect(),
         })
         .collect();
     let text = Prompt::build(rt.model(), rt.mtmd(), &text_only, &[])?;
+    let mut null_messages = system;
+    null_messages.push(Message::text(Role::User, question));
+    let null = Prompt::build(rt.model(), rt.mtmd(), &null_messages, &[])?;
     Ok(UnimodalPrompts {
         images: image_prompts,
         text,
+        null,
         context_key,
     })
+}
+
+/// The question of the last user message (its text parts' question halves, trimmed).
+fn last_question(messages: &[Message]) -> String {
+    let Some(last) = messages.iter().rev().find(|m| m.role == Role::User) else {
+        return String::new();
+    };
+    let texts = last.content.iter().filter_map(ContentPart::text);
+    texts
+        .zip(split_message(last))
+        .map(|(t, s)| t[s.evidence_bytes.min(t.len())..].trim())
+        .filter(|q| !q.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -203,6 +203,7 @@ fn dms_rule_extreme_parameters() {
                 gamma,
                 w_min,
                 w_max,
+                ..RuleScheduler::default()
             };
             prop_assert!(r.validate().is_ok(), "{:?}", r.validate());
             check_weights(&r, &sig, Some(r.bounds()))

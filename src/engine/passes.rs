@@ -1,0 +1,414 @@
+//! The signal passes' mechanics: a unimodal prompt cut into prefix / modality body / suffix,
+//! several bodies decoded as parallel sequences behind one shared prefix, and a short greedy
+//! continuation of a pass (where the answer is decided).
+
+use crate::dms::{avg_pool_2x2, mean_pool};
+use crate::llama::{Batch, ChunkKind, LlamaError, Token};
+
+use super::prompt::{Piece, Prompt};
+use super::runtime::Runtime;
+use super::{EngineError, ModalityWeights};
+
+/// One pass body: rows and which of them belong to the measured modality.
+pub(super) struct Body {
+    pub(super) rows: Vec<f32>,
+    pub(super) modality: Vec<bool>,
+}
+
+/// Rows of a unimodal prompt cut around the modality.
+pub(super) struct Unimodal {
+    pub(super) prefix: Vec<f32>,
+    /// The tokens whose rows `prefix` holds (all at weight 1).
+    pub(super) prefix_tokens: Vec<Token>,
+    pub(super) body: Body,
+    pub(super) suffix: Vec<f32>,
+}
+
+/// Logits at the end of a pass and the mean hidden state over its modality rows.
+pub(super) struct PassOutput {
+    pub(super) logits: Vec<f32>,
+    pub(super) hidden_mean: Option<Vec<f32>>,
+    /// The position after the pass's last row.
+    pub(super) end: i32,
+}
+
+/// One row of a pass batch: (row, position, sequence, output: `Some((pass, is_last_row))`).
+type PassRow<'a> = (&'a [f32], i32, i32, Option<(usize, bool)>);
+
+impl Runtime<'_> {
+    /// Rows of a unimodal prompt split into prefix / modality body / suffix. For the text
+    /// prompt the body spans the evidence pieces; for an image prompt it is the image piece,
+    /// whose encoded rows are `encoded` (optionally 2x2-pooled). With `joint` weights the
+    /// prompt is the whole request: user text and images both count as modality rows, each
+    /// scaled by its weight. `None` when the prompt has no modality rows (e.g. a request
+    /// without evidence).
+    pub(super) fn unimodal_rows(
+        &self,
+        prompt: &Prompt,
+        encoded: &[Vec<f32>],
+        pool: bool,
+        joint: Option<&ModalityWeights>,
+    ) -> Result<Option<Unimodal>, EngineError> {
+        let width = self.model().n_embd_inp();
+        let is_modality = |p: &Piece| match p {
+            Piece::Text { evidence, .. } => *evidence && (encoded.is_empty() || joint.is_some()),
+            Piece::Image { .. } => true,
+        };
+        let Some(first) = prompt.pieces.iter().position(is_modality) else {
+            return Ok(None);
+        };
+        let last = prompt.pieces.iter().rposition(is_modality).unwrap_or(first);
+        let mut u = Unimodal {
+            prefix: Vec::new(),
+            prefix_tokens: Vec::new(),
+            body: Body {
+                rows: Vec::new(),
+                modality: Vec::new(),
+            },
+            suffix: Vec::new(),
+        };
+        if let Some(bos) = prompt.bos {
+            self.rows.append_rows(&[bos], 1.0, width, &mut u.prefix)?;
+            u.prefix_tokens.push(bos);
+        }
+        let mut image_chunk = 0;
+        for (k, piece) in prompt.pieces.iter().enumerate() {
+            match piece {
+                Piece::Text { tokens, evidence } => {
+                    let weight = match joint {
+                        Some(w) if *evidence => w.text,
+                        _ => 1.0,
+                    };
+                    let mut rows = Vec::new();
+                    self.rows.append_rows(tokens, weight, width, &mut rows)?;
+                    if k < first {
+                        u.prefix.extend_from_slice(&rows);
+                        u.prefix_tokens.extend_from_slice(tokens);
+                    } else if k > last {
+                        u.suffix.extend_from_slice(&rows);
+                    } else {
+                        u.body
+                            .modality
+                            .extend(std::iter::repeat_n(*evidence, rows.len() / width));
+                        u.body.rows.extend_from_slice(&rows);
+                    }
+                }
+                Piece::Image { chunks, index } => {
+                    let weight =
+                        joint.map_or(1.0, |w| w.images.get(*index).copied().unwrap_or(1.0));
+                    for chunk in chunks.iter() {
+                        if chunk.kind() == ChunkKind::Image {
+                            let rows = encoded.get(image_chunk).ok_or_else(|| {
+                                EngineError::Internal("image rows missing for a signal pass".into())
+                            })?;
+                            image_chunk += 1;
+                            let n = rows.len() / width;
+                            let side = (n as f64).sqrt() as usize;
+                            let mut rows = if pool && side * side == n && side > 1 {
+                                avg_pool_2x2(rows, width, side, side).0
+                            } else {
+                                rows.clone()
+                            };
+                            if weight != 1.0 {
+                                rows.iter_mut().for_each(|v| *v *= weight);
+                            }
+                            u.body
+                                .modality
+                                .extend(std::iter::repeat_n(true, rows.len() / width));
+                            u.body.rows.extend_from_slice(&rows);
+                        } else {
+                            let start = u.body.rows.len() / width;
+                            self.rows
+                                .append_rows(chunk.tokens(), 1.0, width, &mut u.body.rows)?;
+                            u.body.modality.extend(std::iter::repeat_n(
+                                false,
+                                u.body.rows.len() / width - start,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if u.suffix.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "the chat template must end with text".into(),
+            ));
+        }
+        Ok(Some(u))
+    }
+
+    /// Runs `u`'s prefix + body + suffix for every body in `bodies` as parallel sequences
+    /// (1, 2, ...): the prefix is decoded once and shared by sequence copies, the bodies go in
+    /// as few decodes as the batch size allows, in groups that fit the free sequences and the
+    /// context. With `keep_first` the first pass stays in the first signal sequence (for a
+    /// continuation, see [`Runtime::continue_greedy`]); its next position is `PassOutput::end`.
+    pub(super) fn run_passes(
+        &mut self,
+        u: &Unimodal,
+        bodies: &[Body],
+        keep_first: bool,
+    ) -> Result<Vec<PassOutput>, EngineError> {
+        let (prefix, suffix) = (&u.prefix, &u.suffix);
+        let width = self.model().n_embd_inp();
+        let n_prefix = prefix.len() / width;
+        let per_pass = bodies[0].rows.len() / width + suffix.len() / width;
+        let base = self.signal_seq_base;
+        let free_seqs = (self.ctx.params().n_seq_max as i32 - base).max(0) as usize;
+        let n_ctx = self.ctx.n_ctx();
+        let fit = self.slot_ctx.saturating_sub(n_prefix) / per_pass.max(1);
+        let group = free_seqs.min(fit).min(bodies.len());
+        if group == 0 {
+            return Err(LlamaError::ContextFull {
+                needed: n_prefix + per_pass,
+                n_ctx,
+            }
+            .into());
+        }
+        let want_hidden = self.ctx.params().hidden_states;
+        let mut outputs = Vec::with_capacity(bodies.len());
+        for (g, chunk) in bodies.chunks(group).enumerate() {
+            let seqs: Vec<i32> = (base..base + chunk.len() as i32).collect();
+            let pos = self.pass_prefix_in_kv(prefix, &u.prefix_tokens)?;
+            for &s in &seqs[1..] {
+                self.ctx.copy_seq(base, s, -1, -1);
+            }
+            // (row, position, sequence, output: None | Some((pass, is_last)))
+            let mut entries: Vec<PassRow<'_>> = Vec::new();
+            for (p, body) in chunk.iter().enumerate() {
+                let seq = seqs[p];
+                let hidden_pass = want_hidden && g == 0 && p == 0;
+                let mut at = pos;
+                for (row, flagged) in body.rows.chunks_exact(width).zip(&body.modality) {
+                    entries.push((
+                        row,
+                        at,
+                        seq,
+                        (hidden_pass && *flagged).then_some((p, false)),
+                    ));
+                    at += 1;
+                }
+                let n_suffix = suffix.len() / width;
+                for (k, row) in suffix.chunks_exact(width).enumerate() {
+                    entries.push((row, at, seq, (k + 1 == n_suffix).then_some((p, true))));
+                    at += 1;
+                }
+            }
+            let mut pass_out: Vec<PassOutput> = chunk
+                .iter()
+                .map(|_| PassOutput {
+                    logits: Vec::new(),
+                    hidden_mean: None,
+                    end: pos + per_pass as i32,
+                })
+                .collect();
+            let mut hidden_sum: Vec<f64> = Vec::new();
+            let mut hidden_n = 0usize;
+            let per_batch = self.ctx.n_batch().max(1);
+            let mut batch = Batch::embeddings(per_batch.min(entries.len()), width);
+            for block in entries.chunks(per_batch) {
+                batch.clear();
+                for (row, at, seq, out) in block {
+                    batch.push_row(row, *at, *seq, out.is_some())?;
+                }
+                self.ctx.decode(&batch)?;
+                for (i, (_, _, _, out)) in block.iter().enumerate() {
+                    match out {
+                        Some((p, true)) => {
+                            pass_out[*p].logits = self.ctx.logits(i as i32)?.to_vec()
+                        }
+                        Some((_, false)) => {
+                            let h = self.ctx.hidden_state(i as i32)?;
+                            hidden_sum.resize(h.len(), 0.0);
+                            hidden_sum
+                                .iter_mut()
+                                .zip(h)
+                                .for_each(|(s, v)| *s += f64::from(*v));
+                            hidden_n += 1;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if hidden_n > 0 {
+                pass_out[0].hidden_mean = Some(
+                    hidden_sum
+                        .iter()
+                        .map(|s| (s / hidden_n as f64) as f32)
+                        .collect(),
+                );
+            }
+            // The prefix stays on the first sequence for the next passes (often the next
+            // request's too: the same system prompt).
+            if !(keep_first && g == 0) {
+                self.ctx.remove_seq(base, pos, -1);
+            }
+            for &s in &seqs[1..] {
+                self.ctx.remove_seq(s, -1, -1);
+            }
+            outputs.extend(pass_out);
+        }
+        Ok(outputs)
+    }
+
+    /// Makes the first signal sequence hold exactly `prefix`, the rows of `tokens` (reusing
+    /// it when it already does), and returns the next position.
+    fn pass_prefix_in_kv(&mut self, prefix: &[f32], tokens: &[Token]) -> Result<i32, EngineError> {
+        let base = self.signal_seq_base;
+        let n_prefix = (prefix.len() / self.model().n_embd_inp()) as i32;
+        if self.pass_prefix.as_deref() == Some(tokens) {
+            self.ctx.remove_seq(base, n_prefix, -1);
+            return Ok(n_prefix);
+        }
+        self.pass_prefix = None;
+        self.ctx.remove_seq(base, -1, -1);
+        let mut pos = 0;
+        if n_prefix > 0 {
+            self.decode_rows(prefix, &mut pos, base, false)?;
+        }
+        self.pass_prefix = Some(tokens.to_vec());
+        Ok(pos)
+    }
+}
+
+/// Mean of the modality rows of a body (`None` if it has none).
+pub(super) fn mean_of_flagged(body: &Body, width: usize) -> Option<Vec<f32>> {
+    let rows: Vec<f32> = body
+        .rows
+        .chunks_exact(width)
+        .zip(&body.modality)
+        .filter(|(_, f)| **f)
+        .flat_map(|(r, _)| r.iter().copied())
+        .collect();
+    (!rows.is_empty()).then(|| mean_pool(&rows, width))
+}
+
+/// A greedy continuation of a pass: the tokens chosen and the logits before each of them.
+pub(super) struct Continuation {
+    /// Logits at each step (the first are the pass's own last logits).
+    pub(super) logits: Vec<Vec<f32>>,
+    /// The greedy token of each step (an end-of-generation token ends the list, not included).
+    pub(super) tokens: Vec<Token>,
+}
+
+impl Runtime<'_> {
+    /// Continues the pass that `run_passes(.., keep_first = true)` left in the first signal
+    /// sequence: up to `steps` greedy tokens after `first` (its last logits) at position `end`,
+    /// then removes everything after `prefix_len` from that sequence again.
+    pub(super) fn continue_greedy(
+        &mut self,
+        first: Vec<f32>,
+        end: i32,
+        prefix_len: i32,
+        steps: usize,
+    ) -> Result<Continuation, EngineError> {
+        let base = self.signal_seq_base;
+        let result = self.greedy_steps(first, end, steps);
+        self.ctx.remove_seq(base, prefix_len, -1);
+        result
+    }
+
+    fn greedy_steps(
+        &mut self,
+        first: Vec<f32>,
+        end: i32,
+        steps: usize,
+    ) -> Result<Continuation, EngineError> {
+        let base = self.signal_seq_base;
+        let mut out = Continuation {
+            logits: vec![first],
+            tokens: Vec::new(),
+        };
+        let mut batch = Batch::tokens(1);
+        let mut pos = end;
+        while out.tokens.len() < steps.max(1) {
+            let logits = out.logits.last().map(Vec::as_slice).unwrap_or_default();
+            let token = argmax(logits) as Token;
+            if self.model().is_eog(token) {
+                break;
+            }
+            out.tokens.push(token);
+            if out.tokens.len() == steps.max(1) || pos as usize + 1 >= self.ctx.n_ctx() {
+                break;
+            }
+            batch.clear();
+            batch.push_token(token, pos, base, true)?;
+            self.ctx.decode(&batch)?;
+            out.logits.push(self.ctx.logits(0)?.to_vec());
+            pos += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Index of the largest finite value (0 for an empty slice).
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+impl Runtime<'_> {
+    /// The logits before each token of `continuation` when it follows `prompt` (token ids,
+    /// BOS included): `continuation.len()` distributions, the first at the prompt's end. Run on
+    /// the second signal sequence, which is empty before and after.
+    pub(super) fn teacher_forced_logits(
+        &mut self,
+        prompt: &[Token],
+        continuation: &[Token],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let seq = self.signal_seq_base + 1;
+        if seq >= self.ctx.params().n_seq_max as i32 {
+            return Err(EngineError::Internal(
+                "no sequence left for the null pass".into(),
+            ));
+        }
+        let tokens: Vec<Token> = prompt
+            .iter()
+            .chain(
+                continuation
+                    .iter()
+                    .take(continuation.len().saturating_sub(1)),
+            )
+            .copied()
+            .collect();
+        if tokens.len() > self.slot_ctx {
+            return Err(LlamaError::ContextFull {
+                needed: tokens.len(),
+                n_ctx: self.slot_ctx,
+            }
+            .into());
+        }
+        let first_output = prompt.len().saturating_sub(1);
+        let result = self.decode_collecting(&tokens, seq, first_output);
+        self.ctx.remove_seq(seq, -1, -1);
+        result
+    }
+
+    fn decode_collecting(
+        &mut self,
+        tokens: &[Token],
+        seq: i32,
+        first_output: usize,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let per_batch = self.ctx.n_batch().max(1);
+        let mut batch = Batch::tokens(per_batch.min(tokens.len().max(1)));
+        let mut out = Vec::new();
+        for (b, block) in tokens.chunks(per_batch).enumerate() {
+            batch.clear();
+            for (i, &t) in block.iter().enumerate() {
+                let at = b * per_batch + i;
+                batch.push_token(t, at as i32, seq, at >= first_output)?;
+            }
+            self.ctx.decode(&batch)?;
+            for i in 0..block.len() {
+                if b * per_batch + i >= first_output {
+                    out.push(self.ctx.logits(i as i32)?.to_vec());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
