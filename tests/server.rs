@@ -274,3 +274,73 @@ fn sigterm_cancels_what_outlasts_the_shutdown_timeout() {
         started.elapsed()
     );
 }
+
+#[test]
+fn serve_dms_sets_the_mode_of_requests_without_one() {
+    let tiny = common::tiny_models();
+    let (_server, base) = common::start_server_with(&tiny.model, &tiny.mmproj, &["--dms", "rule"]);
+    let port = common::port_of(&base);
+    let (s, list) = http(port, "GET", "/v1/dms/schedulers", None);
+    assert_eq!(s, 200, "{list}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["default_mode"], "rule", "{list}");
+
+    let image = |dms: Option<Value>| {
+        let mut body = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": base64_png()}},
+            {"type": "text", "text": "My friend says it is red. What is the main colour of this image?"}]}],
+            "max_tokens": 2, "temperature": 0});
+        if let Some(d) = dms {
+            body["dms"] = d;
+        }
+        let (s, text) = http(port, "POST", "/v1/chat/completions", Some(&body));
+        assert_eq!(s, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["dms"].clone()
+    };
+    let default = image(None);
+    assert_eq!(default["mode"], "rule", "{default}");
+    assert_eq!(default["scheduler"], "rule-default", "{default}");
+    assert!(default["signals"].is_object(), "no signals: {default}");
+    assert_eq!(default["weights"]["images"].as_array().unwrap().len(), 1);
+    let explicit = image(Some(json!({"mode": "rule"})));
+    assert_eq!(
+        default["weights"], explicit["weights"],
+        "the rule's weights, as if asked for"
+    );
+    let off = image(Some(json!({"mode": "off"})));
+    assert_eq!(off["mode"], "off", "a request's own mode wins: {off}");
+    assert!(off["signals"].is_null(), "{off}");
+}
+
+#[test]
+fn serve_dms_learned_without_a_learned_plugin_fails_at_start_up() {
+    let tiny = common::tiny_models();
+    let no_plugins = common::scratch().join("no-learned-plugins");
+    std::fs::create_dir_all(&no_plugins).unwrap();
+    let port = common::free_port().to_string();
+    let mut args = vec!["serve", "--port", port.as_str(), "--model"];
+    args.push(tiny.model.to_str().unwrap());
+    args.extend(["--mmproj", tiny.mmproj.to_str().unwrap()]);
+    args.extend(["--plugins", no_plugins.to_str().unwrap()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama-dms"))
+        .args(&args)
+        .env("LLAMA_DMS_DMS_MODE", "learned")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--dms learned") && stderr.contains("learned scheduler plugin"),
+        "{stderr}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err(),
+        "it must not listen"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama-dms"))
+        .args(&args)
+        .args(["--dms", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad --dms value");
+}

@@ -1,6 +1,6 @@
 //! The web chat page in a real browser: `tests/web/chat.mjs` drives headless Chromium
 //! (Debian's `/usr/bin/chromium`, through npm's `playwright-core` installed by `scripts/deps`)
-//! against live servers on the tiny model (one open, one with an API key). Screenshots (desktop, dark, phone width) land in
+//! against live servers on the tiny model (one open, one with an API key and `--dms rule`). Screenshots (desktop, dark, phone width) land in
 //! `$CARGO_TARGET_DIR/web-screenshots` (else `target/web-screenshots`) as CI artifacts.
 
 mod common;
@@ -52,8 +52,11 @@ fn chat_page_in_headless_chromium() {
     );
     let base = v1.trim_end_matches("/v1").to_string();
     let key = "web-test-key";
-    let (_keyed, keyed_v1) =
-        common::start_server_with(&tiny.model, &tiny.mmproj, &["--api-key", key]);
+    let (_keyed, keyed_v1) = common::start_server_with(
+        &tiny.model,
+        &tiny.mmproj,
+        &["--api-key", key, "--dms", "rule"],
+    );
     let keyed = keyed_v1.trim_end_matches("/v1").to_string();
     let out = screenshot_dir();
     std::fs::create_dir_all(&out).unwrap();

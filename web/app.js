@@ -14,9 +14,16 @@
   const MAX_IMAGE_SIDE = 2048;
   const MAX_IMAGE_BYTES = 3 << 20;
   const SERVER_TYPES = ["image/png", "image/jpeg", "image/webp", "image/gif"];
+  // Clean inputs get weights within 1 ± 0.05: only a weight below this is marked down-weighted.
+  const DOWN_WEIGHTED_BELOW = 0.95;
+  // The modes a server may use by default (`serve --dms`).
+  const SERVER_MODES = ["off", "rule", "learned"];
 
   const DEFAULTS = {
-    mode: "rule",
+    // Settings format: 2 = `mode` "" follows the server's default mode.
+    v: 2,
+    // "" until the user picks a mode: then the server's default_mode applies.
+    mode: "",
     scheduler: "",
     imageWeight: 1,
     textWeight: 1,
@@ -66,6 +73,7 @@
     dropOverlay: $("drop-overlay"),
     modeSummary: $("mode-summary"),
     modeLink: $("mode-link"),
+    modeHelp: $("mode-help"),
   };
 
   // ---------------------------------------------------------------- state
@@ -77,11 +85,15 @@
   let serverReady = false;
   let modelId = "";
   let storageWarned = false;
+  let serverDefaultMode = null; // default_mode from /v1/dms/schedulers, once known
 
   function loadSettings() {
     try {
-      const saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}");
-      return Object.assign({}, DEFAULTS, saved && typeof saved === "object" ? saved : {});
+      let saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}");
+      saved = saved && typeof saved === "object" ? saved : {};
+      // Before format 2 every save stored the old default mode "rule": it was no choice.
+      if (saved.v === undefined && saved.mode === "rule") saved.mode = "";
+      return Object.assign({}, DEFAULTS, saved, { v: DEFAULTS.v });
     } catch (_) {
       return Object.assign({}, DEFAULTS);
     }
@@ -396,6 +408,9 @@
       }
       el.scheduler.value = keep;
       if (el.scheduler.value !== keep) el.scheduler.value = "";
+      serverDefaultMode = SERVER_MODES.includes(body.default_mode) ? body.default_mode : null;
+      el.mode.value = currentMode();
+      syncSettingsView();
     } catch (_) {
       /* the default scheduler still works */
     }
@@ -403,8 +418,25 @@
 
   // ---------------------------------------------------------------- settings drawer
 
+  // The mode requests use: the user's choice, else the server's default.
+  function currentMode() {
+    return settings.mode || serverDefaultMode || "off";
+  }
+
+  // Notes the server's default mode in the mode list and its help line.
+  function showServerDefault() {
+    for (const opt of el.mode.options) {
+      if (!opt.dataset.label) opt.dataset.label = opt.textContent;
+      opt.textContent = opt.dataset.label + (opt.value === serverDefaultMode ? " (server default)" : "");
+    }
+    if (!serverDefaultMode) return;
+    el.modeHelp.textContent = settings.mode
+      ? `Your choice, kept in this browser. The server's default is ${serverDefaultMode}; Reset to defaults follows it again.`
+      : `The server's default (serve --dms ${serverDefaultMode}) until you pick a mode.`;
+  }
+
   function fillSettings() {
-    el.mode.value = settings.mode;
+    el.mode.value = currentMode();
     el.scheduler.value = settings.scheduler;
     el.wImage.value = settings.imageWeight;
     el.wText.value = settings.textWeight;
@@ -417,24 +449,28 @@
   }
 
   function syncSettingsView() {
-    const fixed = settings.mode === "fixed";
+    const mode = currentMode();
+    const fixed = mode === "fixed";
     el.fixedWeights.hidden = !fixed;
-    const usesScheduler = settings.mode === "rule" || settings.mode === "learned";
+    const usesScheduler = mode === "rule" || mode === "learned";
     el.scheduler.disabled = !usesScheduler;
     el.schedulerHelp.textContent = usesScheduler
       ? "Used by the rule and learned modes."
       : "Only the rule and learned modes use a scheduler.";
     el.wImageOut.textContent = fmt(Number(settings.imageWeight));
     el.wTextOut.textContent = fmt(Number(settings.textWeight));
-    let summary = settings.mode;
+    showServerDefault();
+    let summary = mode;
     if (fixed) summary += ` (image ${fmt(Number(settings.imageWeight))}, text ${fmt(Number(settings.textWeight))})`;
     else if (usesScheduler && settings.scheduler) summary += ` · ${settings.scheduler}`;
+    if (!settings.mode) summary += " (server default)";
     el.modeSummary.textContent = summary;
   }
 
-  function readSettings() {
+  function readSettings(e) {
     const oldKey = settings.apiKey;
-    settings.mode = el.mode.value;
+    // Only picking a mode makes it the user's choice (other fields leave it following the server).
+    if (e && e.target === el.mode) settings.mode = el.mode.value;
     settings.scheduler = el.scheduler.value;
     settings.imageWeight = Number(el.wImage.value);
     settings.textWeight = Number(el.wText.value);
@@ -714,16 +750,17 @@
       bar.append(fill, one);
       const value = make("span", "bar-value", fmt(w));
       r.append(name, bar, value);
-      const down = typeof w === "number" && Number(w.toFixed(2)) < 1;
+      // Compared as shown (two decimals), so that a bar reading 0.95 is never marked.
+      const down = typeof w === "number" && Number(w.toFixed(2)) < DOWN_WEIGHTED_BELOW;
       if (down) {
         r.classList.add("down");
         const badge = make("span", "badge", "↓ down-weighted");
-        badge.title = "Weight below 1: DMS trusted this input less than plain fusion would and scaled its embedding rows down.";
+        badge.title = `Weight below ${DOWN_WEIGHTED_BELOW}: DMS trusted this input less than plain fusion would and scaled its embedding rows down (clean inputs stay within 1 ± 0.05).`;
         r.append(badge);
       }
       const tip = [`${label}: weight ${fmt(w, 3)}`];
       if (sig) tip.push(`confidence ${fmt(sig.confidence, 3)}`, `uncertainty ${fmt(sig.uncertainty, 4)}`);
-      if (down) tip.push("down-weighted (below 1)");
+      if (down) tip.push(`down-weighted (below ${DOWN_WEIGHTED_BELOW})`);
       r.title = tip.join(" · ");
       rows.append(r);
     };
@@ -829,11 +866,13 @@
     };
     if (modelId) body.model = modelId;
     if (settings.seed !== "" && isFinite(Number(settings.seed))) body.seed = Math.trunc(Number(settings.seed));
-    const dms = { mode: settings.mode };
-    if ((settings.mode === "rule" || settings.mode === "learned") && settings.scheduler) {
+    // Without a chosen mode the server's default applies (no `mode` sent).
+    const mode = currentMode();
+    const dms = settings.mode ? { mode } : {};
+    if ((mode === "rule" || mode === "learned") && settings.scheduler) {
       dms.scheduler = settings.scheduler;
     }
-    if (settings.mode === "fixed") {
+    if (mode === "fixed") {
       dms.weights = {
         images: new Array(nImages).fill(Number(settings.imageWeight)),
         text: Number(settings.textWeight),

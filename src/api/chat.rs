@@ -149,7 +149,9 @@ pub fn to_engine_request(
                 let mut out = Vec::with_capacity(parts.len());
                 for (j, part) in parts.into_iter().enumerate() {
                     out.push(match part {
-                        ContentPart::Text { text } => EngineContent::Text(text),
+                        ContentPart::Text { text, dms_role } => {
+                            text_part(text, dms_role.as_ref(), m.role, i, j)?
+                        }
                         ContentPart::ImageUrl { image_url } => {
                             n_images += 1;
                             if n_images > state.limits.max_images {
@@ -176,9 +178,42 @@ pub fn to_engine_request(
         messages.push(Message { role, content });
     }
     request.messages = messages;
-    request.dms = dms_settings(req.dms, n_images)?;
+    request.dms = dms_settings(req.dms, n_images, state.default_dms)?;
     check_scheduler(&request.dms, state)?;
     Ok(request)
+}
+
+/// A text part as the engine's part: `dms_role` `"question"` or `"evidence"` marks it (user
+/// messages only), absent or null leaves the split to the engine's rule.
+fn text_part(
+    text: String,
+    dms_role: Option<&serde_json::Value>,
+    role: Role,
+    i: usize,
+    j: usize,
+) -> Result<EngineContent, ApiError> {
+    let Some(mark) = dms_role.filter(|v| !v.is_null()) else {
+        return Ok(EngineContent::Text(text));
+    };
+    let param = format!("messages[{i}].content[{j}].dms_role");
+    if role != Role::User {
+        return Err(ApiError::bad_param(
+            &param,
+            "dms_role is only accepted in user messages",
+        ));
+    }
+    match mark.as_str() {
+        Some("question") => Ok(EngineContent::Question(text)),
+        Some("evidence") => Ok(EngineContent::Evidence(text)),
+        _ => {
+            // Echo at most a short prefix of what the client sent.
+            let shown: String = mark.to_string().chars().take(40).collect();
+            Err(ApiError::bad_param(
+                &param,
+                format!("unknown dms_role {shown} (question, evidence)"),
+            ))
+        }
+    }
 }
 
 /// Refuses a scheduler the engine does not have, naming `dms.scheduler` / `dms.mode`.
@@ -238,16 +273,23 @@ fn rand_seed() -> u32 {
         .map_or(0, |d| d.subsec_nanos())
 }
 
+/// The request's `dms` object as engine settings. A request without a mode gets `default_mode`
+/// (`serve --dms`), except that weights without a mode mean mode `fixed`.
 fn dms_settings(
     dms: Option<super::types::DmsRequest>,
     n_images: usize,
+    default_mode: DmsMode,
 ) -> Result<DmsSettings, ApiError> {
     let Some(d) = dms else {
-        return Ok(DmsSettings::default());
+        return Ok(DmsSettings {
+            mode: default_mode,
+            ..DmsSettings::default()
+        });
     };
     let mode = match d.mode.as_deref() {
         None if d.weights.is_some() => DmsMode::Fixed,
-        None | Some("off") => DmsMode::Off,
+        None => default_mode,
+        Some("off") => DmsMode::Off,
         Some("fixed") => DmsMode::Fixed,
         Some("rule") => DmsMode::Rule,
         Some("learned") => DmsMode::Learned,

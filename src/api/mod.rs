@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::engine::EngineHandle;
+use crate::engine::{DmsMode, EngineHandle};
 
 use chat::Shape;
 pub use error::ApiError;
@@ -67,6 +67,8 @@ pub struct AppState {
     pub http: Arc<metrics::HttpMetrics>,
     /// Serve `/metrics` without a key even when keys are set (`--metrics-public`).
     pub metrics_public: bool,
+    /// The DMS mode of a chat request whose `dms` object names none (`serve --dms`).
+    pub default_dms: DmsMode,
 }
 
 impl AppState {
@@ -80,7 +82,15 @@ impl AppState {
             started: chat::now(),
             http: Arc::default(),
             metrics_public: false,
+            default_dms: DmsMode::Off,
         }
+    }
+
+    /// Sets the DMS mode of chat requests that name none (`off` unless set). The caller checks
+    /// that the mode can run (a learned default needs a learned scheduler plugin).
+    pub fn with_default_dms(mut self, mode: DmsMode) -> Self {
+        self.default_dms = mode;
+        self
     }
 
     /// Opens `/metrics` to clients without a key (it is behind the key by default whenever
@@ -378,7 +388,8 @@ async fn get_model(
 }
 
 /// `GET /v1/dms/schedulers`: the schedulers a request's `dms.scheduler` may name, with their
-/// kind (`rule`, `learned`, `script`, `off`, ...).
+/// kind (`rule`, `learned`, `script`, `off`, ...), and the `default_mode` of a request whose
+/// `dms` object names no mode.
 async fn list_schedulers(State(state): State<AppState>) -> Result<Response, ApiError> {
     let registry = state.engine()?.schedulers();
     let data: Vec<_> = registry
@@ -391,7 +402,10 @@ async fn list_schedulers(State(state): State<AppState>) -> Result<Response, ApiE
             json!({"id": name, "object": "dms.scheduler", "kind": kind})
         })
         .collect();
-    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+    Ok(
+        axum::Json(json!({"object": "list", "data": data, "default_mode": state.default_dms}))
+            .into_response(),
+    )
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -199,10 +199,15 @@ pub enum MessageContent {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
-    /// `{"type": "text", "text": ...}`.
+    /// `{"type": "text", "text": ..., "dms_role": ...}`.
     Text {
         /// The text.
         text: String,
+        /// Our extension, user messages only: `"question"` (never weighted) or `"evidence"`
+        /// (scaled by the text weight); absent or null splits the text automatically. Kept as
+        /// raw JSON so that any bad value is refused naming this field.
+        #[serde(default)]
+        dms_role: Option<serde_json::Value>,
     },
     /// `{"type": "image_url", "image_url": {"url": ...}}`.
     ImageUrl {

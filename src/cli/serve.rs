@@ -24,13 +24,38 @@ use tokio::sync::watch;
 use super::{exit_code, fail, ModelArgs};
 use crate::api::media::MediaPolicy;
 use crate::api::{router, ApiError, AppState, Limits};
-use crate::engine::EngineHandle;
+use crate::engine::{DmsMode, EngineHandle};
+
+/// The DMS mode of API requests that name none (`serve --dms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DefaultDmsMode {
+    /// No weighting (exactly llama.cpp).
+    Off,
+    /// The rule-based scheduler (`rule-default`).
+    Rule,
+    /// The first learned scheduler plugin (one must be loaded, see --plugins).
+    Learned,
+}
+
+impl From<DefaultDmsMode> for DmsMode {
+    fn from(mode: DefaultDmsMode) -> Self {
+        match mode {
+            DefaultDmsMode::Off => DmsMode::Off,
+            DefaultDmsMode::Rule => DmsMode::Rule,
+            DefaultDmsMode::Learned => DmsMode::Learned,
+        }
+    }
+}
 
 /// `serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// DMS mode of a request whose `dms` object names no mode (or that has none); a request's
+    /// own `dms.mode` always wins.
+    #[arg(long, env = "LLAMA_DMS_DMS_MODE", value_enum, default_value_t = DefaultDmsMode::Off)]
+    pub dms: DefaultDmsMode,
     /// Address to listen on (loopback unless you mean otherwise).
     #[arg(long, env = "LLAMA_DMS_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -134,6 +159,16 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         Err(e) => return fail(2, &e),
     };
     config.max_image_pixels = args.max_image_pixels;
+    if args.dms == DefaultDmsMode::Learned && config.schedulers.default_learned().is_none() {
+        return fail(
+            2,
+            &format!(
+                "--dms learned needs a learned scheduler plugin, and none is loaded from {} \
+                 (see --plugins)",
+                args.model.plugins.display()
+            ),
+        );
+    }
     if args.max_queue == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
         return fail(
             2,
@@ -162,7 +197,9 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(2, &format!("cannot listen on {addr}: {e}")),
         };
-        let state = AppState::new(api_keys, limits).with_public_metrics(args.metrics_public);
+        let state = AppState::new(api_keys, limits)
+            .with_public_metrics(args.metrics_public)
+            .with_default_dms(args.dms.into());
         let app = router(state.clone(), &args.cors_origins).layer(middleware::from_fn_with_state(
             Duration::from_secs(args.body_timeout),
             body_deadline,

@@ -2,7 +2,7 @@
 //
 //   node tests/web/chat.mjs <server base URL without /v1> <screenshot dir> [<keyed base URL> <key>]
 //
-// The optional second server runs with `--api-key <key>`: the page asks for the key and then
+// The optional second server runs with `--api-key <key> --dms rule`: the page asks for the key and then
 // sends it as a Bearer token.
 // playwright-core is resolved from NODE_PATH (tests/web.rs points it at the node_modules that
 // scripts/deps installs). Exits 0 when every check passes, 1 with the failed check otherwise.
@@ -96,6 +96,15 @@ try {
   check(
     schedulers.data.filter((s) => s.id !== "off").every((s) => options.includes(s.id)),
     "the scheduler list comes from /v1/dms/schedulers",
+  );
+  check(
+    (await page.inputValue("#dms-mode")) === schedulers.default_mode &&
+      (await page.evaluate(() => window.llamaDms.settings.mode)) === "",
+    `the mode follows the server's default_mode (${schedulers.default_mode}) until one is picked`,
+  );
+  check(
+    (await page.textContent(`#dms-mode option[value="${schedulers.default_mode}"]`)).includes("server default"),
+    "the mode list marks the server's default",
   );
 
   // ---- settings drawer by keyboard: open, set mode and sampling, Escape closes
@@ -193,8 +202,8 @@ try {
   check(JSON.stringify(labels) === JSON.stringify(["Image 1", "Text"]), "one bar per image and one for the text");
   const downs = await page.$$eval(".msg.assistant .bar-row", (rs) => rs.map((r) => r.classList.contains("down")));
   check(
-    JSON.stringify(downs) === JSON.stringify(expected.map((w) => Number(w) < 1)),
-    "exactly the inputs with a weight below 1 carry the down-weighted marker",
+    JSON.stringify(downs) === JSON.stringify(expected.map((w) => Number(w) < 0.95)),
+    `exactly the inputs with a weight below 0.95 carry the down-weighted marker (${expected.join(", ")})`,
   );
   const chips = await page.textContent(".msg.assistant .dms-info");
   check(chips.includes(api.dms.scheduler), `the panel names the scheduler (${api.dms.scheduler})`);
@@ -315,6 +324,13 @@ try {
     (await page.evaluate(() => window.llamaDms.settings.maxTokens)) === 2000,
     "the settings survive a reload",
   );
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("#dms-mode option")].some((o) => o.textContent.includes("server default")),
+  );
+  check(
+    (await page.inputValue("#dms-mode")) === "rule" && schedulers.default_mode !== "rule",
+    `a picked mode (rule) wins over the server's default (${schedulers.default_mode}) after a reload`,
+  );
 
   // ---- phone width: no horizontal overflow, drawer usable
   await page.setViewportSize({ width: 390, height: 844 });
@@ -379,6 +395,29 @@ try {
   );
   check((await page.evaluate(() => window.__pwned)) === undefined, "window.__pwned stays undefined");
 
+  // ---- the down-weighted marker: only below 0.95, compared as shown (two decimals)
+  await page.evaluate(() => {
+    const weights = { images: [0.99, 0.96, 0.949, 0.9449, 0.5], text: 1.2 };
+    localStorage.setItem(
+      "llama-dms.chat.v1",
+      JSON.stringify({
+        messages: [
+          { role: "user", text: "five images", images: [] },
+          { role: "assistant", text: "ok", dms: { mode: "fixed", scheduler: "fixed", weights } },
+        ],
+      }),
+    );
+  });
+  await page.reload();
+  await page.waitForSelector(".msg.assistant .bar-row");
+  const marks = await page.$$eval(".msg.assistant .bar-row", (rs) =>
+    rs.map((r) => `${r.querySelector(".bar-value").textContent}${r.classList.contains("down") ? " down" : ""}`),
+  );
+  check(
+    JSON.stringify(marks) === JSON.stringify(["0.99", "0.96", "0.95", "0.94 down", "0.50 down", "1.20"]),
+    `weights within 1 ± 0.05 are not marked down-weighted: ${marks.join(", ")}`,
+  );
+
   // ---- New chat clears the conversation and the stored copy
   await page.click("#new-chat");
   check((await page.$$(".messages .msg")).length === 0, "New chat empties the message list");
@@ -422,11 +461,21 @@ try {
     await kp.keyboard.press("Escape");
     await kp.waitForSelector('#status-dot[data-state="ok"]');
     check(await kp.isHidden("#banner"), "with the key the model loads and the message goes away");
+    await kp.waitForFunction(() => document.getElementById("mode-summary").textContent.startsWith("rule"));
+    check(
+      (await kp.inputValue("#dms-mode")) === "rule",
+      "a server started with --dms rule: the mode setting follows it",
+    );
     const sent = kp.waitForRequest((r) => r.url().endsWith("/v1/chat/completions"));
     await kp.fill("#prompt", "Hello");
     await kp.keyboard.press("Enter");
-    const auth = (await sent).headers()["authorization"];
+    const sentRequest = await sent;
+    const auth = sentRequest.headers()["authorization"];
     check(auth === `Bearer ${apiKey}`, "chat requests carry Authorization: Bearer <key>");
+    check(
+      !("mode" in JSON.parse(sentRequest.postData()).dms),
+      "without a picked mode the request leaves the mode to the server",
+    );
     await kp.waitForFunction(() => !window.llamaDms.conversation.messages.at(-1).streaming, null, {
       timeout: 45000,
     });
