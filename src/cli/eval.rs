@@ -24,6 +24,11 @@ use crate::eval::{answer_item, mode_settings, parse_modes, Outcome};
 pub enum Suite {
     /// Name the colour of a square under corrupted images and texts (for the demo model).
     ColourGrid,
+    /// Suite v2: exactly one modality observably unreliable, balanced between the two, plus
+    /// clean and symmetric-conflict controls; records signals, the unimodal answers, a
+    /// fixed-weight grid and every mode, and reports signal AUCs, the control curve, the
+    /// oracle, the best global weight and paired tests (see README Results).
+    ColourTrust,
 }
 
 /// Arguments of `llama-dms eval`.
@@ -50,6 +55,9 @@ pub struct EvalArgs {
     /// Seed of the generated items (with `--data`: of the corruptions and mismatch pairs).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// colour-trust: several seeds, comma-separated (instead of `--seed`).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
     /// Items per condition (ignored with `--data`).
     #[arg(long, default_value_t = 10)]
     pub per_condition: usize,
@@ -207,6 +215,9 @@ fn jobs<'a>(
 }
 
 pub(super) fn eval(args: &EvalArgs) -> ExitCode {
+    if args.suite == Suite::ColourTrust && args.data.is_none() {
+        return super::trust::eval_trust(args);
+    }
     let modes = match parse_modes(&args.modes) {
         Ok(s) => s,
         Err(e) => return fail(2, &e),
@@ -242,7 +253,7 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
             }
             Vec::new()
         }
-        (None, Suite::ColourGrid) => colour_grid(args.seed, args.per_condition),
+        (None, _) => colour_grid(args.seed, args.per_condition),
     };
     let engine = match EngineHandle::start(config) {
         Ok(e) => e,
@@ -355,7 +366,7 @@ fn plan(args: &EvalArgs) -> Result<(Vec<String>, Vec<DataCondition>), String> {
     Ok((tasks, conditions))
 }
 
-fn progress(len: usize) -> ProgressBar {
+pub(super) fn progress(len: usize) -> ProgressBar {
     ProgressBar::new(len as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} (eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

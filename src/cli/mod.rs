@@ -7,6 +7,7 @@ mod eval;
 mod run;
 mod serve;
 mod train;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,8 +23,9 @@ use crate::models::{self, demo};
 pub use bench::BenchArgs;
 pub use eval::{EvalArgs, Suite};
 pub use run::{describe_dms, DmsArgs, DmsModeArg, RunArgs};
-pub use serve::ServeArgs;
+pub use serve::{DefaultDmsMode, ServeArgs};
 pub use train::TrainArgs;
+pub use trust::CalibrateArgs;
 
 /// Command line of `llama-dms`.
 #[derive(Debug, Parser)]
@@ -55,6 +57,9 @@ pub enum Command {
     Bench(Box<BenchArgs>),
     /// Fit the learned DMS scheduler to per-example grid scores (JSONL, see plugins/README.md).
     TrainScheduler(TrainArgs),
+    /// Fit a rule scheduler plugin to this model on the colour-trust suite (or on records of
+    /// an earlier run), so that clean, agreeing inputs get weights within 1 +/- 0.05.
+    Calibrate(Box<CalibrateArgs>),
 }
 
 /// `models` subcommands.
@@ -194,6 +199,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::TrainScheduler(args) => train::train_scheduler(&args),
         Command::Eval(args) => eval::eval(&args),
+        Command::Calibrate(args) => trust::calibrate(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Models(ModelsCommand::Tiny { out, seed }) => {
             match models::tiny::write_tiny_models(&out, seed) {

@@ -8,6 +8,8 @@ pub mod grid;
 pub mod plots;
 pub mod report;
 pub mod tasks;
+pub mod trust;
+pub mod trust_run;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,154 @@
+//! `llama-dms eval --suite colour-trust` and `llama-dms calibrate` on the demo model: a small
+//! run writes records and a summary with every diagnostic (signal AUCs, control curve, oracle,
+//! best global weight, paired tests with CIs), `--resume` replays the modes a record lacks, and
+//! `calibrate --records` writes a rule plugin for this model that the engine loads.
+
+mod common;
+
+use std::process::Command;
+
+use llama_dms::dms::Registry;
+use llama_dms::eval::trust::suite::TRUST_CONDITIONS;
+use llama_dms::models::demo::DemoPaths;
+use serde_json::Value;
+
+fn llama_dms(paths: &DemoPaths, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_llama-dms"))
+        .args(args)
+        .args(["--threads", "2"])
+        .args(["--model", paths.model.to_str().unwrap()])
+        .args(["--mmproj", paths.mmproj.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+fn succeeded(o: &std::process::Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn records(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let out = common::scratch().join("trust-small");
+    let _ = std::fs::remove_dir_all(&out);
+    let out_s = out.to_str().unwrap();
+    let run = |modes: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "--suite", "colour-trust", "--seeds", "3"];
+        args.extend(["--per-condition", "1", "--max-tokens", "10", "--out", out_s]);
+        args.extend(["--modes", modes]);
+        args.extend(extra);
+        llama_dms(&paths, &args)
+    };
+    succeeded(&run("off", &[]));
+    let path = out.join("records.jsonl");
+    let first = records(&path);
+    assert_eq!(first.len(), TRUST_CONDITIONS.len());
+    for r in &first {
+        assert_eq!(r["grid"].as_array().unwrap().len(), 9, "{r}");
+        let modes: Vec<&str> = r["modes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mode"].as_str().unwrap())
+            .collect();
+        assert_eq!(modes, ["off"]);
+        if r["condition"] == "clean" {
+            // No evidence, nothing to weigh: no signals.
+            assert!(r["signals"].is_null());
+        } else {
+            assert!(r["signals"].is_object(), "{r}");
+            for key in [
+                "image.confidence.topk",
+                "image.confidence.shift",
+                "image.uncertainty",
+                "text.confidence.topk",
+                "consistency.input",
+                "consistency.js",
+            ] {
+                assert!(r["variants"][key].is_number(), "{key} in {r}");
+            }
+            assert!(r["image_alone"]["answer"].is_string());
+            assert!(r["text_alone"]["answer"].is_string());
+        }
+    }
+
+    // Resume with more modes: nothing is answered anew, the modes are replayed.
+    succeeded(&run("off,rule", &["--resume"]));
+    let again = records(&path);
+    assert_eq!(again.len(), first.len());
+    for (a, b) in first.iter().zip(&again) {
+        assert_eq!(a["grid"], b["grid"], "the grid is kept");
+        assert_eq!(b["modes"].as_array().unwrap().len(), 2);
+    }
+
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for field in [
+        "signal_auc",
+        "control_curve",
+        "global_best",
+        "by_group",
+        "comparisons",
+        "clean_weights",
+    ] {
+        assert!(
+            !summary[field].is_null(),
+            "summary.{field} missing: {summary}"
+        );
+    }
+    let comparisons = summary["comparisons"].as_array().unwrap();
+    assert!(comparisons.iter().any(|c| c["baseline"] == "off"));
+    assert!(comparisons.iter().any(|c| c["baseline"] == "global-best"));
+    for c in comparisons {
+        for k in ["ci_low", "ci_high", "p_value", "difference"] {
+            assert!(c[k].is_number(), "{k} in {c}");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    for section in ["Signal AUCs", "Control curve", "oracle", "global-best"] {
+        assert!(md.contains(section), "{section} missing from summary.md");
+    }
+    for png in ["control_curve.png", "signal_auc.png"] {
+        assert!(
+            std::fs::metadata(out.join(png)).unwrap().len() > 1000,
+            "{png}"
+        );
+    }
+
+    // A rule plugin fitted to these records, for this model, that the engine loads.
+    let plugins = out.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let plugin = plugins.join("rule-fitted.toml");
+    let o = llama_dms(
+        &paths,
+        &[
+            "calibrate",
+            "--records",
+            path.to_str().unwrap(),
+            "--name",
+            "rule-fitted",
+            "--out",
+            plugin.to_str().unwrap(),
+        ],
+    );
+    succeeded(&o);
+    let text = std::fs::read_to_string(&plugin).unwrap();
+    let model_name = paths.model.file_name().unwrap().to_str().unwrap();
+    assert!(
+        text.contains(&format!("model = \"{model_name}\"")),
+        "{text}"
+    );
+    let registry = Registry::load_dir(&plugins).unwrap();
+    let rule = registry.get("rule-fitted").expect("the plugin loads");
+    assert_eq!(rule.fitted_for(), Some(model_name));
+}
