@@ -14,7 +14,7 @@ use super::{exit_code, fail, write_report, ModelArgs};
 use crate::engine::{DmsSettings, EngineError, EngineHandle};
 use crate::eval::custom::{parse_spec, DataCondition, DataError, DataSet};
 use crate::eval::dataset::{colour_grid, Item};
-use crate::eval::grid::grid_example;
+use crate::eval::grid::{data_grid_example, grid_example};
 use crate::eval::report::{cells, consistency_aucs, groups, markdown, Summary};
 use crate::eval::tasks::{caption, image_items, retrieve};
 use crate::eval::{answer_item, mode_settings, parse_modes, Outcome};
@@ -260,7 +260,25 @@ pub(super) fn eval(args: &EvalArgs) -> ExitCode {
         Err(e) => return fail(exit_code(&e), &e.to_string()),
     };
     if let Some(path) = &args.grid_out {
-        return write_grid(&engine, &items, path);
+        let Ok(rule) = mode_settings("rule") else {
+            return fail(1, "the rule mode is missing");
+        };
+        return match &data {
+            Some(set) => {
+                let clean = DataCondition {
+                    label: "clean".into(),
+                    corruption: None,
+                };
+                write_grid(path, set.items.len(), |k| {
+                    let item = &set.items[k];
+                    let image = set.image(k, &clean).map_err(EngineError::InvalidRequest)?;
+                    data_grid_example(&engine, item, image, &rule)
+                })
+            }
+            None => write_grid(path, items.len(), |k| {
+                grid_example(&engine, &items[k], &rule)
+            }),
+        };
     }
     let items_path = args.out.join("items.jsonl");
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -358,9 +376,6 @@ fn plan(args: &EvalArgs) -> Result<(Vec<String>, Vec<DataCondition>), String> {
             "--data runs only the vqa task ({t} needs the colour-grid suite)"
         ));
     }
-    if args.grid_out.is_some() {
-        return Err("--grid-out is not supported with --data yet".into());
-    }
     let spec = args.corrupt.as_deref().unwrap_or("");
     let conditions = parse_spec(spec).map_err(|e| format!("--corrupt: {e}"))?;
     Ok((tasks, conditions))
@@ -373,20 +388,20 @@ pub(super) fn progress(len: usize) -> ProgressBar {
     )
 }
 
-/// Writes one training example per item with an image (see [`grid_example`]).
-fn write_grid(engine: &EngineHandle, items: &[Item], path: &std::path::Path) -> ExitCode {
+/// Writes the training example of each of `n` items that has one (`example(k)` of item `k`).
+fn write_grid(
+    path: &std::path::Path,
+    n: usize,
+    mut example: impl FnMut(usize) -> Result<Option<crate::dms::TrainExample>, EngineError>,
+) -> ExitCode {
     let mut file = match std::fs::File::create(path) {
         Ok(f) => f,
         Err(e) => return fail(2, &format!("cannot write {}: {e}", path.display())),
     };
-    let Ok(rule) = mode_settings("rule") else {
-        return fail(1, "the rule mode is missing");
-    };
-    let bar = progress(items.len());
+    let bar = progress(n);
     let mut written = 0;
-    for item in items {
-        bar.set_message(item.condition.name);
-        match grid_example(engine, item, &rule) {
+    for k in 0..n {
+        match example(k) {
             Ok(Some(example)) => {
                 let line = serde_json::to_string(&example).unwrap_or_default();
                 if let Err(e) = writeln!(file, "{line}") {
@@ -397,7 +412,7 @@ fn write_grid(engine: &EngineHandle, items: &[Item], path: &std::path::Path) -> 
             Ok(None) => {}
             Err(e) => {
                 bar.abandon();
-                return fail(exit_code(&e), &format!("item {}: {e}", item.id));
+                return fail(exit_code(&e), &format!("item {k}: {e}"));
             }
         }
         bar.inc(1);

@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// Hidden units of the MLP.
     #[arg(long, default_value_t = 8)]
     pub hidden: usize,
+    /// The model file the training data came from, recorded in the plugin (the engine warns
+    /// when the plugin serves another model).
+    #[arg(long)]
+    pub fitted_for: Option<String>,
 }
 
 pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
@@ -68,7 +72,7 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         train_loss: report.train_loss,
         valid_loss: report.valid_loss,
         seed: args.seed,
-        model: None,
+        model: args.fitted_for.clone(),
     });
     if let Err(e) = std::fs::write(&args.out, scheduler.to_json()) {
         return fail(2, &format!("cannot write {}: {e}", args.out.display()));

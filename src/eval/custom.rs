@@ -11,7 +11,7 @@ use crate::dms::SplitMix64;
 use crate::engine::{DmsSettings, EngineError, EngineHandle};
 
 use super::corrupt::{add_noise, blur, occlude};
-use super::{complete, request, Outcome};
+use super::{complete, request_with_parts, Outcome};
 
 /// Most lines a data file may have.
 pub const MAX_LINES: usize = 100_000;
@@ -165,14 +165,34 @@ pub struct DataItem {
     pub image: Option<PathBuf>,
     /// The question.
     pub question: String,
+    /// Evidence sent before the question (a claim, a caption, context): what DMS weighs
+    /// against the image. `None`: the question alone, nothing to weigh.
+    pub context: Option<String>,
     /// Accepted answers (at least one).
     pub answers: Vec<String>,
+}
+
+impl DataItem {
+    /// The user's text parts: the context (evidence), if any, then the question.
+    pub fn text_parts(&self) -> Vec<crate::engine::ContentPart> {
+        use crate::engine::ContentPart;
+        let mut parts: Vec<ContentPart> = self
+            .context
+            .iter()
+            .cloned()
+            .map(ContentPart::Evidence)
+            .collect();
+        parts.push(ContentPart::Question(self.question.clone()));
+        parts
+    }
 }
 
 #[derive(Deserialize)]
 struct Line {
     image: Option<String>,
     question: Option<String>,
+    #[serde(default)]
+    context: Option<String>,
     answers: Option<Vec<String>>,
 }
 
@@ -318,7 +338,7 @@ impl DataSet {
             .get(id)
             .ok_or(DataError::Image("no such item".into()))?;
         let image = self.image(id, condition).map_err(DataError::Image)?;
-        let mut r = request(image, &item.question, dms, max_tokens);
+        let mut r = request_with_parts(image, item.text_parts(), dms, max_tokens);
         r.measure_mwc = true;
         let (answer, done) = complete(engine, r)?;
         Ok(Outcome {
@@ -389,11 +409,16 @@ fn parse_line(
             Some(path)
         }
     };
+    let context = raw
+        .context
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
     Ok(DataItem {
         id,
         line: at,
         image,
         question,
+        context,
         answers,
     })
 }

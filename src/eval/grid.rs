@@ -4,10 +4,11 @@
 //! weights (`mwc`, measured by the engine: weighted joint pass against the unimodal passes).
 
 use crate::dms::{GridPoint, ModalityWeights, TrainExample};
-use crate::engine::{DmsSettings, EngineError, EngineHandle};
+use crate::engine::{ContentPart, DmsSettings, EngineError, EngineHandle};
 
-use super::complete;
+use super::custom::DataItem;
 use super::dataset::Item;
+use super::{complete, request_with_parts};
 
 /// Image weights of the grid; the text gets `2 - w`, so that the weights of one image and the
 /// text sum to the number of modalities, as every scheduler's do.
@@ -28,19 +29,45 @@ pub fn grid_example(
     let Some(image) = item.image_png() else {
         return Ok(None);
     };
-    let answer = reference_answer(item.truth);
+    let parts = vec![ContentPart::Text(item.text())];
+    scored_grid(engine, image, parts, &reference_answer(item.truth), measure)
+}
+
+/// The training example of a `--data` item whose image is `image` (`None` without an image or
+/// without context: with the question alone there is nothing to weigh). The reference answer
+/// is the item's first accepted answer.
+pub fn data_grid_example(
+    engine: &EngineHandle,
+    item: &DataItem,
+    image: Option<Vec<u8>>,
+    measure: &DmsSettings,
+) -> Result<Option<TrainExample>, EngineError> {
+    let (Some(image), Some(_), Some(answer)) = (image, &item.context, item.answers.first()) else {
+        return Ok(None);
+    };
+    scored_grid(engine, image, item.text_parts(), answer, measure)
+}
+
+/// The signals `measure` records for the request of `image` and `parts`, and every grid point
+/// scored by the log-likelihood of `answer` and the MWC loss.
+fn scored_grid(
+    engine: &EngineHandle,
+    image: Vec<u8>,
+    parts: Vec<ContentPart>,
+    answer: &str,
+    measure: &DmsSettings,
+) -> Result<Option<TrainExample>, EngineError> {
     let score = |dms: &DmsSettings, measure_mwc: bool| {
-        let mut r = super::request(Some(image.clone()), &item.text(), dms, 1);
-        r.score = Some(answer.clone());
+        let mut r = request_with_parts(Some(image.clone()), parts.clone(), dms, 1);
+        r.score = Some(answer.to_string());
         r.measure_mwc = measure_mwc;
         complete(engine, r)
     };
     let (_, measured) = score(measure, false)?;
-    let signals = measured
-        .dms
-        .signals
-        .clone()
-        .ok_or_else(|| EngineError::Internal("the rule mode measured no signals".into()))?;
+    let Some(signals) = measured.dms.signals.clone() else {
+        // No evidence: nothing was measured, nothing to learn from.
+        return Ok(None);
+    };
     let mut grid = Vec::with_capacity(IMAGE_WEIGHTS.len());
     for w in IMAGE_WEIGHTS {
         let weights = ModalityWeights {

@@ -101,8 +101,18 @@ pub fn request(
     dms: &DmsSettings,
     max_tokens: usize,
 ) -> GenerateRequest {
+    request_with_parts(image, vec![ContentPart::Text(text.into())], dms, max_tokens)
+}
+
+/// A greedy request with the image (if any) and then the text `parts`, under `dms`.
+pub fn request_with_parts(
+    image: Option<Vec<u8>>,
+    parts: Vec<ContentPart>,
+    dms: &DmsSettings,
+    max_tokens: usize,
+) -> GenerateRequest {
     let mut content: Vec<ContentPart> = image.map(ContentPart::Image).into_iter().collect();
-    content.push(ContentPart::Text(text.into()));
+    content.extend(parts);
     let mut request = GenerateRequest::new(vec![Message {
         role: Role::User,
         content,
