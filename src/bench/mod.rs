@@ -79,10 +79,13 @@ pub fn system_prompt(nonce: u64) -> String {
 
 /// The question of the text-only prompt.
 pub const TEXT_QUESTION: &str = "Write a few sentences about lighthouses and why ships need them.";
-/// The question of a first image prompt.
-pub const IMAGE_QUESTION: &str = "What colour is the thing in this image?";
-/// The question asked about the same image again, in a new conversation.
-pub const REPEAT_QUESTION: &str = "Name the main colour of this picture in one word.";
+/// The user text of a first image prompt: evidence (a hint), then the question, so that DMS
+/// has something to weigh.
+pub const IMAGE_QUESTION: &str = "A friend says it is red. What colour is the thing in this image?";
+/// The user text about the same image again, in a new conversation: other evidence, the same
+/// question (an image's signals are kept per image and question).
+pub const REPEAT_QUESTION: &str =
+    "My notes say it may be blue. What colour is the thing in this image?";
 
 /// A 96x96 PNG of one of the demo's colours with per-pixel noise; `seed` picks both, so
 /// every seed gives a different image (no cache can answer for it).

@@ -221,6 +221,10 @@ pub struct CalibrateArgs {
     /// Longest answer in tokens.
     #[arg(long, default_value_t = 12)]
     pub max_tokens: usize,
+    /// Share of the clean items whose weights must stay within 1 +/- 0.05 (0 fits for
+    /// accuracy alone).
+    #[arg(long, default_value_t = 0.95)]
+    pub clean_share: f64,
 }
 
 /// `llama-dms calibrate`.
@@ -270,7 +274,7 @@ pub(super) fn calibrate(args: &CalibrateArgs) -> ExitCode {
         name: args.name.clone(),
         ..crate::dms::RuleScheduler::default()
     };
-    let fit = crate::eval::trust::calibrate::fit_rule(&records, &base);
+    let fit = crate::eval::trust::calibrate::fit_rule_with(&records, &base, args.clean_share);
     let mut rule = fit.rule.clone();
     rule.name = args.name.clone();
     rule.model = Some(model.clone());

@@ -405,17 +405,6 @@ impl Runtime<'_> {
             null_entropy.map_or(0.0, |n| (answer.entropy - n).clamp(-1.0, 1.0)),
         );
         variants.insert("answer_position".to_string(), at as f32);
-        if std::env::var_os("LLAMA_DMS_DEBUG_STEPS").is_some() {
-            for (k, st) in steps.iter().enumerate() {
-                let piece = pieces.get(k).map(String::as_str).unwrap_or_default();
-                eprintln!(
-                    "step {k} top1 {:.3} topk {:.3} shift {:.3} {piece:?}",
-                    st.top1,
-                    st.topk,
-                    shift(k)
-                );
-            }
-        }
 
         // Dropout passes, teacher-forced with the greedy tokens up to the answer position.
         let mut forced = Unimodal {

@@ -57,15 +57,27 @@ pub struct Outcome {
     pub mwc: Option<f32>,
 }
 
-/// The DMS settings of a mode name (`off`, `rule`, `learned`).
+/// The DMS settings of a mode name: `off`, `rule`, `learned`, or `rule:PLUGIN` /
+/// `learned:PLUGIN` for a scheduler plugin by name.
 pub fn mode_settings(mode: &str) -> Result<DmsSettings, String> {
-    let mode = match mode {
-        "off" => DmsMode::Off,
+    let (kind, plugin) = match mode.split_once(':') {
+        Some((k, p)) if !p.is_empty() => (k, Some(p.to_string())),
+        _ => (mode, None),
+    };
+    let mode = match kind {
+        "off" if plugin.is_none() => DmsMode::Off,
         "rule" => DmsMode::Rule,
         "learned" => DmsMode::Learned,
-        other => return Err(format!("unknown mode {other:?} (off, rule or learned)")),
+        _ => {
+            return Err(format!(
+                "unknown mode {mode:?} (off, rule, learned, rule:PLUGIN or learned:PLUGIN)"
+            ))
+        }
     };
-    Ok(DmsSettings::mode(mode))
+    Ok(DmsSettings {
+        scheduler: plugin,
+        ..DmsSettings::mode(mode)
+    })
 }
 
 /// The settings of each mode name in `names`, in order.

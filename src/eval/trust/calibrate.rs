@@ -114,6 +114,12 @@ fn ratio(a: usize, b: usize) -> f64 {
 ///
 /// Records without signals of one image or without a grid are left out.
 pub fn fit_rule(records: &[TrustRecord], base: &RuleScheduler) -> Fit {
+    fit_rule_with(records, base, CLEAN_WITHIN_TARGET)
+}
+
+/// [`fit_rule`] with another required share of clean items within `1 ± 0.05` (0: none, the
+/// most accurate candidate wins).
+pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share: f64) -> Fit {
     let usable: Vec<Usable> = records
         .iter()
         .filter(|r| in_set(r, "non-control") && !r.grid.is_empty())
@@ -174,7 +180,7 @@ pub fn fit_rule(records: &[TrustRecord], base: &RuleScheduler) -> Fit {
                     } else {
                         ratio(within, n_clean)
                     };
-                    let met = share >= CLEAN_WITHIN_TARGET - 1e-12;
+                    let met = share >= clean_share - 1e-12;
                     let key = if met {
                         (true, accuracy, 0.0)
                     } else {

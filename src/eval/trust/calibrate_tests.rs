@@ -63,7 +63,10 @@ fn the_smallest_alpha_that_separates_the_modalities_is_found() {
     assert!((fit.off_accuracy - 15.0 / 35.0).abs() < 1e-12);
     assert_eq!(fit.clean_within, 1.0);
     assert!(fit.constraint_met);
-    assert_eq!(fit.candidates_tried, 7 * 4 * 5 * 3);
+    assert_eq!(
+        fit.candidates_tried,
+        ALPHAS.len() * BETAS.len() * GAMMAS.len() * W_MINS.len()
+    );
     r.validate().unwrap();
 }
 
