@@ -18,7 +18,7 @@ fn conversation(n_images: usize) -> (Vec<Message>, Vec<Vec<u8>>) {
         .collect();
     let mut content: Vec<ContentPart> = images.iter().cloned().map(ContentPart::Image).collect();
     content.push(ContentPart::Text(
-        "What is the main colour of the image?".into(),
+        "It looks reddish to me. What is the main colour of the image?".into(),
     ));
     let messages = vec![
         Message::text(Role::System, "You are a helpful assistant."),

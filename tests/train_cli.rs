@@ -73,7 +73,7 @@ fn trains_a_plugin_that_the_engine_uses() {
         "-i",
         image.to_str().unwrap(),
         "-p",
-        "colour?",
+        "It looks green to me. What colour is it?",
         "-n",
         "4",
         "--dms",

@@ -72,7 +72,6 @@ pub(super) fn run(
         n_vocab: model.n_vocab(),
         vision: rt.mtmd().is_some_and(|m| m.supports_vision()),
     };
-    warn_about_other_models(&config);
     tracing::info!(model = %info.name, n_ctx = info.n_ctx, vision = info.vision, "engine ready");
     if ready.send(Ok(info)).is_err() {
         return;
@@ -152,26 +151,26 @@ pub(super) fn run(
     }
 }
 
-/// Warns for every scheduler plugin calibrated or trained for another model file than the one
-/// served: its references and weights describe that model's signals, not this one's.
-fn warn_about_other_models(config: &EngineConfig) {
+/// Warns, once per scheduler, when a request uses a plugin calibrated or trained for another
+/// model file than the one served: its references and weights describe that model's signals.
+fn warn_if_fitted_for_another(scheduler: &dyn crate::dms::Scheduler, config: &EngineConfig) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Some(fitted) = scheduler.fitted_for() else {
+        return;
+    };
     let served = config
         .model
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    for name in config.schedulers.names() {
-        let Some(scheduler) = config.schedulers.get(&name) else {
-            continue;
-        };
-        if let Some(fitted) = scheduler.fitted_for() {
-            if fitted != served {
-                tracing::warn!(
-                    "scheduler {name:?} was fitted for {fitted}, not {served}: run \
-                     `llama-dms calibrate` (rule) or `train-scheduler` (learned) for this model"
-                );
-            }
-        }
+    let name = scheduler.name().to_string();
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if fitted != served && !warned.contains(&name) {
+        tracing::warn!(
+            "scheduler {name:?} was fitted for {fitted}, not {served}: run `llama-dms calibrate` \
+             (rule) or `train-scheduler` (learned) for this model"
+        );
+        warned.push(name);
     }
 }
 
@@ -308,6 +307,9 @@ fn start(
     };
     fault::trip(job.fault, Stage::Dms);
     let scheduler = pick_scheduler(&config.schedulers, &request.dms)?;
+    if let Some(s) = &scheduler {
+        warn_if_fitted_for_another(&**s, config);
+    }
     let needs_passes = scheduler.as_ref().is_some_and(|s| s.needs_signals());
     // The unimodal prompts serve the signal passes and the MWC loss; built once for both.
     let unimodal = ((needs_passes || request.measure_mwc) && !images.is_empty())

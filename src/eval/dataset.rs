@@ -202,7 +202,7 @@ impl Item {
 }
 
 /// A square near an RGB-cube corner: the shade varies per item, the pixels a little.
-fn shaded_square(corner: [f32; 3], size: u32, rng: &mut SplitMix64) -> image::RgbImage {
+pub(crate) fn shaded_square(corner: [f32; 3], size: u32, rng: &mut SplitMix64) -> image::RgbImage {
     let base: Vec<f32> = corner
         .iter()
         .map(|&c| {

@@ -405,12 +405,21 @@ fn auc_bars(summary: &TrustSummary) -> Vec<Bar> {
         .collect()
 }
 
+/// A condition's name without the part every condition of its kind shares (`clean+`,
+/// `+hint`, `-wrong`), short enough for a bar chart's axis: `hint`, `hedged`, `patched`, ...
+fn short_condition(name: &str) -> String {
+    name.trim_start_matches("clean+")
+        .trim_end_matches("+hint")
+        .trim_end_matches("-wrong")
+        .to_string()
+}
+
 fn weight_bars(summary: &TrustSummary) -> Vec<Bar> {
     summary
         .weights
         .iter()
         .map(|w| Bar {
-            group: w.condition.clone(),
+            group: short_condition(&w.condition),
             variant: w.mode.clone(),
             median: w.mean_image_weight,
             min: w.min_image_weight,

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::dms::SplitMix64;
 use crate::eval::corrupt::add_noise;
+use crate::eval::dataset::shaded_square;
 use crate::models::colour::COLOURS;
 
 /// Group of the conditions where both modalities are clean.
@@ -320,26 +321,6 @@ fn damage(word: &str, letters: usize, rng: &mut SplitMix64) -> String {
         chars.swap(at, at + 1);
     }
     chars.into_iter().collect()
-}
-
-/// A square near an RGB-cube corner: the shade varies per item, the pixels a little (as the
-/// `colour-grid` suite draws them).
-fn shaded_square(corner: [f32; 3], size: u32, rng: &mut SplitMix64) -> image::RgbImage {
-    let base: Vec<f32> = corner
-        .iter()
-        .map(|&c| {
-            let shade = rng.next_f32() * 45.0;
-            if c > 0.5 {
-                255.0 - shade
-            } else {
-                shade
-            }
-        })
-        .collect();
-    image::RgbImage::from_fn(size, size, |_, _| {
-        let mut px = |c: usize| (base[c] + rng.next_f32() * 40.0 - 20.0).clamp(0.0, 255.0) as u8;
-        image::Rgb([px(0), px(1), px(2)])
-    })
 }
 
 /// A corner of the RGB cube as 0..255 pixel values.
