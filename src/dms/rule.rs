@@ -56,13 +56,10 @@ pub struct RuleScheduler {
 }
 
 impl Default for RuleScheduler {
-    /// The `rule-default` scheduler: alpha 1, beta 4, tau 1, gamma 1, w_min 0.5, w_max 2.0.
-    ///
-    /// Chosen on the demo's 40 clean colour images (greedy, "What is the main color of this
-    /// image?"): `off` names 37 right; alpha 4 / gamma 0.5 / w_min 0.2 pulled the mean image
-    /// weight to 0.54 and named 24; alpha 2 gave 31, alpha 1 gave 34, and alpha 1 with gamma 1
-    /// and w_min 0.5 (mean image weight 0.91) gave 36. The unimodal text prompt is always
-    /// confident about its first word, so a strong alpha down-weights even clean images.
+    /// The built-in `rule-default`, used when no plugin file defines it: alpha 1, beta 4, tau 1,
+    /// gamma 1, w_min 0.5, w_max 2.0, no references (fitted for no model). A mild, uncalibrated
+    /// fallback; `plugins/rule-default.toml`, written by `llama-dms calibrate` for the demo
+    /// model, replaces it, and `calibrate` writes one for any other model.
     fn default() -> Self {
         Self {
             name: Self::DEFAULT_NAME.to_string(),
