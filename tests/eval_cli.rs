@@ -39,18 +39,6 @@ const OUTCOME_FIELDS: [&str; 11] = [
     "mwc",
 ];
 
-fn succeeded(o: &std::process::Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn json_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
     let Some(paths) = common::demo_paths() else {
@@ -58,9 +46,9 @@ fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
     };
     let out = common::scratch().join("eval-small");
     let _ = std::fs::remove_dir_all(&out);
-    succeeded(&eval(&out, &paths, &[]));
+    common::succeeded(&eval(&out, &paths, &[]));
 
-    let outcomes = json_lines(&out.join("items.jsonl"));
+    let outcomes = common::json_lines(&out.join("items.jsonl"));
     let count = |task: &str| outcomes.iter().filter(|o| o["task"] == task).count();
     assert_eq!(
         count("vqa"),
@@ -153,7 +141,7 @@ fn a_small_colour_grid_writes_outcomes_and_summaries_and_resumes() {
 
     // Resuming a finished run answers nothing again and keeps every outcome.
     let before = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
-    succeeded(&eval(&out, &paths, &["--resume"]));
+    common::succeeded(&eval(&out, &paths, &["--resume"]));
     let after = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
     assert_eq!(after, before);
 }
@@ -167,8 +155,8 @@ fn grid_scores_train_a_scheduler_that_the_engine_loads() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let grid = dir.join("grid.jsonl");
-    succeeded(&eval(&dir, &paths, &["--grid-out", grid.to_str().unwrap()]));
-    let examples = json_lines(&grid);
+    common::succeeded(&eval(&dir, &paths, &["--grid-out", grid.to_str().unwrap()]));
+    let examples = common::json_lines(&grid);
     // Items whose text is one sentence have no evidence: nothing to weigh, no example.
     let weighed = colour_grid(5, 1)
         .iter()
@@ -198,7 +186,7 @@ fn grid_scores_train_a_scheduler_that_the_engine_loads() {
         .arg(&plugin)
         .output()
         .unwrap();
-    succeeded(&train);
+    common::succeeded(&train);
     let registry = llama_dms::dms::Registry::load_dir(&dir).unwrap();
     assert!(
         registry.get("learned-test").is_some(),
@@ -234,9 +222,9 @@ fn a_data_file_runs_clean_and_corrupted_scores_and_resumes() {
             .output()
             .unwrap()
     };
-    succeeded(&run(&[]));
+    common::succeeded(&run(&[]));
 
-    let outcomes = json_lines(&out.join("items.jsonl"));
+    let outcomes = common::json_lines(&out.join("items.jsonl"));
     // examples/vqa.jsonl: 4 items with an image (clean + 3 corruptions), 1 text-only (clean).
     assert_eq!(
         outcomes.len(),
@@ -279,7 +267,7 @@ fn a_data_file_runs_clean_and_corrupted_scores_and_resumes() {
 
     // Resuming a finished data run answers nothing again.
     let before = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
-    succeeded(&run(&["--resume"]));
+    common::succeeded(&run(&["--resume"]));
     let after = std::fs::read_to_string(out.join("items.jsonl")).unwrap();
     assert_eq!(after, before);
 }

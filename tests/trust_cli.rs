@@ -22,18 +22,6 @@ fn llama_dms(paths: &DemoPaths, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn succeeded(o: &std::process::Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn records(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
     let Some(paths) = common::demo_paths() else {
@@ -49,9 +37,9 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
         args.extend(extra);
         llama_dms(&paths, &args)
     };
-    succeeded(&run("off", &[]));
+    common::succeeded(&run("off", &[]));
     let path = out.join("records.jsonl");
-    let first = records(&path);
+    let first = common::json_lines(&path);
     assert_eq!(first.len(), TRUST_CONDITIONS.len());
     for r in &first {
         assert_eq!(r["grid"].as_array().unwrap().len(), 9, "{r}");
@@ -83,8 +71,8 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
     }
 
     // Resume with more modes: nothing is answered anew, the modes are replayed.
-    succeeded(&run("off,rule", &["--resume"]));
-    let again = records(&path);
+    common::succeeded(&run("off,rule", &["--resume"]));
+    let again = common::json_lines(&path);
     assert_eq!(again.len(), first.len());
     for (a, b) in first.iter().zip(&again) {
         assert_eq!(a["grid"], b["grid"], "the grid is kept");
@@ -141,7 +129,7 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
             plugin.to_str().unwrap(),
         ],
     );
-    succeeded(&o);
+    common::succeeded(&o);
     let text = std::fs::read_to_string(&plugin).unwrap();
     let model_name = paths.model.file_name().unwrap().to_str().unwrap();
     assert!(

@@ -6,13 +6,14 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 
 use super::eval::{progress, EvalArgs};
 use super::{exit_code, fail, write_report, ModelArgs};
 use crate::dms::Registry;
-use crate::engine::{DmsSettings, EngineHandle};
+use crate::engine::{DmsSettings, EngineConfig, EngineHandle};
 use crate::eval::parse_modes;
 use crate::eval::trust::analysis::{summarise, TrustMeta};
 use crate::eval::trust::record::{parse_jsonl, to_jsonl, TrustRecord};
@@ -95,6 +96,16 @@ fn collect(
     Ok(records)
 }
 
+/// The engine for `config` and the schedulers it serves (whose weights `--resume` replays);
+/// a load failure is reported and becomes the exit code.
+fn start_engine(config: EngineConfig) -> Result<(Arc<Registry>, EngineHandle), ExitCode> {
+    let registry = Arc::clone(&config.schedulers);
+    match EngineHandle::start(config) {
+        Ok(engine) => Ok((registry, engine)),
+        Err(e) => Err(fail(exit_code(&e), &e.to_string())),
+    }
+}
+
 /// The model's file name, as plugins record it.
 pub(super) fn model_file_name(model: &Path) -> String {
     model
@@ -118,10 +129,9 @@ pub(super) fn eval_trust(args: &EvalArgs) -> ExitCode {
     if let Err(e) = std::fs::create_dir_all(&args.out) {
         return fail(2, &format!("cannot create {}: {e}", args.out.display()));
     }
-    let registry = std::sync::Arc::clone(&config.schedulers);
-    let engine = match EngineHandle::start(config) {
-        Ok(e) => e,
-        Err(e) => return fail(exit_code(&e), &e.to_string()),
+    let (registry, engine) = match start_engine(config) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let run = TrustRun {
         max_tokens: args.max_tokens,
@@ -246,10 +256,9 @@ pub(super) fn calibrate(args: &CalibrateArgs) -> ExitCode {
             if let Some(dir) = args.records_out.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            let registry = std::sync::Arc::clone(&config.schedulers);
-            let engine = match EngineHandle::start(config) {
-                Ok(e) => e,
-                Err(e) => return fail(exit_code(&e), &e.to_string()),
+            let (registry, engine) = match start_engine(config) {
+                Ok(started) => started,
+                Err(code) => return code,
             };
             let run = TrustRun {
                 max_tokens: args.max_tokens,

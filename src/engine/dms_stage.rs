@@ -136,24 +136,19 @@ impl Runtime<'_> {
         let n_images = prompt.n_images();
         let evidence_tokens = prompt.n_evidence_tokens();
         let timings = DmsTimings::default();
-        if !scheduler.needs_signals() {
-            let signals = Signals::neutral(n_images);
-            return conclude(
-                scheduler,
-                settings,
-                signals,
-                None,
-                timings,
-                start,
-                evidence_tokens,
-            );
-        }
-        if n_images == 0 || evidence_tokens == 0 {
-            let fixed = crate::dms::FixedScheduler::new(ModalityWeights::uniform(n_images))
+        // Nothing measured: the scheduler's own weights when it needs no signals, else plain
+        // fusion, as with no image or no evidence there is nothing to weigh.
+        if !scheduler.needs_signals() || n_images == 0 || evidence_tokens == 0 {
+            let uniform = crate::dms::FixedScheduler::new(ModalityWeights::uniform(n_images))
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let weigher: &dyn Scheduler = if scheduler.needs_signals() {
+                &uniform
+            } else {
+                scheduler
+            };
             let signals = Signals::neutral(n_images);
             let mut report = conclude(
-                &fixed,
+                weigher,
                 settings,
                 signals,
                 None,
@@ -161,7 +156,6 @@ impl Runtime<'_> {
                 start,
                 evidence_tokens,
             )?;
-            report.mode = settings.mode;
             report.scheduler = scheduler.name().to_string();
             return Ok(report);
         }

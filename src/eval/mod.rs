@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::dms::{ModalityWeights, Signals};
 use crate::engine::{
     ContentPart, DmsMode, DmsSettings, Done, EngineError, EngineHandle, Event, GenerateRequest,
-    Message, Role,
+    Message, Role, TokenLogprob,
 };
 use crate::llama::SamplerParams;
 use crate::models::colour::COLOURS;
@@ -140,14 +140,23 @@ pub fn complete(
     engine: &EngineHandle,
     request: GenerateRequest,
 ) -> Result<(String, Box<Done>), EngineError> {
+    complete_with_logprobs(engine, request).map(|(text, _, done)| (text, done))
+}
+
+/// Runs `request` to the end: the text, the per-token log-probabilities (when the request
+/// asks for them) and the final report.
+pub fn complete_with_logprobs(
+    engine: &EngineHandle,
+    request: GenerateRequest,
+) -> Result<(String, Vec<TokenLogprob>, Box<Done>), EngineError> {
     let mut events = engine.submit(request)?;
-    let mut text = String::new();
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     loop {
         match events.blocking_recv() {
             Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Logprob(_)) => {}
+            Some(Event::Logprob(lp)) => logprobs.push(*lp),
             Some(Event::Error(e)) => return Err(e),
-            Some(Event::Done(done)) => return Ok((text, done)),
+            Some(Event::Done(done)) => return Ok((text, logprobs, done)),
             None => return Err(EngineError::Internal("the engine stopped".into())),
         }
     }

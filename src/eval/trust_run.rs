@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 
 use crate::dms::{ModalityWeights, Registry};
 use crate::engine::{
-    pick_scheduler, ContentPart, DmsMode, DmsSettings, Done, EngineError, EngineHandle, Event,
+    pick_scheduler, ContentPart, DmsMode, DmsSettings, Done, EngineError, EngineHandle,
     GenerateRequest, Message, Role, SignalVariants, TokenLogprob, MEASURED_WEIGHT_STEP,
 };
 use crate::llama::SamplerParams;
 
-use super::first_colour;
 use super::trust::record::{GridAnswer, ModeAnswer, Scored, TrustRecord, GRID_WEIGHTS};
 use super::trust::suite::TrustItem;
+use super::{complete_with_logprobs, first_colour};
 
 /// How the records are made.
 #[derive(Debug, Clone)]
@@ -61,24 +61,6 @@ pub fn trust_request(item: &TrustItem, dms: &DmsSettings, max_tokens: usize) -> 
     request.top_logprobs = Some(TOP_LOGPROBS);
     request.dms = dms.clone();
     request
-}
-
-/// Runs `request` to the end: the text, the per-token log-probabilities and the final report.
-fn complete_with_logprobs(
-    engine: &EngineHandle,
-    request: GenerateRequest,
-) -> Result<(String, Vec<TokenLogprob>, Box<Done>), EngineError> {
-    let mut events = engine.submit(request)?;
-    let (mut text, mut logprobs) = (String::new(), Vec::new());
-    loop {
-        match events.blocking_recv() {
-            Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Logprob(lp)) => logprobs.push(*lp),
-            Some(Event::Error(e)) => return Err(e),
-            Some(Event::Done(done)) => return Ok((text, logprobs, done)),
-            None => return Err(EngineError::Internal("the engine stopped".into())),
-        }
-    }
 }
 
 /// `log p(truth) - max log p(other colour)` at the first generated token that names a colour,

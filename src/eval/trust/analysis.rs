@@ -366,11 +366,6 @@ pub fn summarise(records: &[TrustRecord], meta: &TrustMeta) -> TrustSummary {
         })
         .collect();
     TrustSummary {
-        model: meta.model.clone(),
-        seeds: meta.seeds.clone(),
-        per_condition: meta.per_condition,
-        default_image_key: meta.default_image_key.clone(),
-        default_text_key: meta.default_text_key.clone(),
         n_records: records.len(),
         signal_auc: signal_aucs(records),
         control_curve: control_curves(records),
@@ -384,7 +379,10 @@ pub fn summarise(records: &[TrustRecord], meta: &TrustMeta) -> TrustSummary {
             .filter_map(|m| clean_weights(records, m))
             .collect(),
         conditions,
-        modes,
+        meta: TrustMeta {
+            modes,
+            ..meta.clone()
+        },
     }
 }
 

@@ -83,7 +83,7 @@ fn global_best_prefers_the_weight_closest_to_one() {
 #[test]
 fn modes_and_paired_comparisons() {
     let s = summarise(&records(), &meta());
-    assert_eq!(s.modes, ["off", "rule"]);
+    assert_eq!(s.meta.modes, ["off", "rule"]);
     assert_eq!(s.n_records, 34);
     let acc = |mode, set| s.group_accuracy(mode, set).unwrap().accuracy;
     assert_eq!(acc("off", POOL_ONE_UNRELIABLE), 0.0);

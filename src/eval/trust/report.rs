@@ -47,7 +47,7 @@ fn three(v: f64) -> String {
 
 /// The modes that schedule (every mode but `off`).
 fn schedulers(summary: &TrustSummary) -> impl Iterator<Item = &String> {
-    summary.modes.iter().filter(|m| *m != MODE_OFF)
+    summary.meta.modes.iter().filter(|m| *m != MODE_OFF)
 }
 
 /// The aims: signal AUCs of the default variants (by outcome), and for every scheduling mode
@@ -56,8 +56,8 @@ fn schedulers(summary: &TrustSummary) -> impl Iterator<Item = &String> {
 pub fn aims(summary: &TrustSummary) -> Vec<Aim> {
     let mut out = Vec::new();
     for (key, target) in [
-        (&summary.default_image_key, 0.9),
-        (&summary.default_text_key, 0.85),
+        (&summary.meta.default_image_key, 0.9),
+        (&summary.meta.default_text_key, 0.85),
     ] {
         let v = summary.signal(key).and_then(|s| s.by_outcome);
         out.push(aim(
@@ -128,7 +128,7 @@ fn strings<'a>(v: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 
 /// The modes of the accuracy tables: the run's modes, then `global-best` and `oracle`.
 fn table_modes(summary: &TrustSummary) -> Vec<String> {
-    let mut modes = summary.modes.clone();
+    let mut modes = summary.meta.modes.clone();
     modes.extend([MODE_GLOBAL_BEST.to_string(), MODE_ORACLE.to_string()]);
     modes
 }
@@ -144,16 +144,16 @@ fn mode_label(summary: &TrustSummary, mode: &str) -> String {
 /// per condition, the paired comparisons, and the weights.
 pub fn markdown(summary: &TrustSummary) -> String {
     let mut md = String::new();
-    let seeds: Vec<String> = summary.seeds.iter().map(u64::to_string).collect();
+    let seeds: Vec<String> = summary.meta.seeds.iter().map(u64::to_string).collect();
     let _ = writeln!(
         md,
         "# colour-trust\n\nModel `{}`, seeds {}, {} items per condition and seed, {} records, \
          modes {}.\n",
-        summary.model,
+        summary.meta.model,
         seeds.join(", "),
-        summary.per_condition,
+        summary.meta.per_condition,
         summary.n_records,
-        summary.modes.join(", ")
+        summary.meta.modes.join(", ")
     );
 
     md.push_str("## Aims\n\n");
@@ -305,10 +305,11 @@ pub fn markdown(summary: &TrustSummary) -> String {
 
     md.push_str("\n## Weights\n\nImage weight per condition: mean [min, max].\n\n");
     let mut cols = vec!["condition".to_string()];
-    cols.extend(summary.modes.iter().cloned());
+    cols.extend(summary.meta.modes.iter().cloned());
     header(&mut md, &cols);
     for condition in &summary.conditions {
         let cells: Vec<String> = summary
+            .meta
             .modes
             .iter()
             .map(|m| {

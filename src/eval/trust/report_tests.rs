@@ -67,7 +67,7 @@ fn aims_are_judged() {
     assert!(md.contains("| rule: conflict accuracy (control) | 50% +/- 10% | 0.0% | not met |"));
     // Without a signal the aim is not met and shows no value.
     let mut s = s;
-    s.default_image_key = "image.confidence".into();
+    s.meta.default_image_key = "image.confidence".into();
     let a = aims(&s).remove(0);
     assert_eq!((a.value.as_str(), a.met), ("-", false));
 }

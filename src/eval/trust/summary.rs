@@ -159,18 +159,9 @@ pub struct CleanWeights {
 /// Everything the trust analysis reports (stable snake_case field names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrustSummary {
-    /// Model file stem.
-    pub model: String,
-    /// Suite seeds.
-    pub seeds: Vec<u64>,
-    /// Items per condition and seed.
-    pub per_condition: usize,
-    /// Modes, in report order.
-    pub modes: Vec<String>,
-    /// The image confidence variant the scheduler used.
-    pub default_image_key: String,
-    /// The text confidence variant the scheduler used.
-    pub default_text_key: String,
+    /// The run's description; its `modes` are those reported, in report order.
+    #[serde(flatten)]
+    pub meta: TrustMeta,
     /// Records summarised.
     pub n_records: usize,
     /// Condition names in report order.
