@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             &mean_pool(&question, width),
         )],
         image_missing: false,
+        variants: Vec::new(),
     };
 
     // Weights from the scheduler, applied to the rows, then the joint decode.

@@ -561,3 +561,39 @@ fn the_answer_adopts_the_signal_passes_prefix_without_changing_a_thing() {
     let worst = common::max_abs_diff(&rule_logprobs, &fixed_logprobs);
     assert!(worst < 1e-3, "log-probabilities differ by {worst}");
 }
+
+#[test]
+fn evidence_weighted_near_zero_is_left_out_of_the_prompt() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let engine = engine(&paths, 0);
+    let image = noisy_png([20, 20, 220], 8.0, 5);
+    // The image, the evidence (if any) and the question as separate parts.
+    let weighted = |image: Option<&[u8]>, evidence: Option<&str>, weights: (Option<f32>, f32)| {
+        let weights = llama_dms::engine::ModalityWeights {
+            images: weights.0.into_iter().collect(),
+            text: weights.1,
+        };
+        let mut r = request(Vec::new(), QUESTION, DmsSettings::fixed(weights));
+        r.messages[0].content = image
+            .map(|b| ContentPart::Image(b.to_vec()))
+            .into_iter()
+            .chain(evidence.map(|e| ContentPart::Evidence(e.into())))
+            .chain([ContentPart::Question(QUESTION.into())])
+            .collect();
+        let (answer, logprobs, _) = run_with_logprobs(&engine, r);
+        (answer, logprobs)
+    };
+    let claim = Some("This is a photo of something red.");
+    // Evidence at weight 0: as if the request had none.
+    let left_out = weighted(Some(&image), claim, (Some(2.0), 0.0));
+    let without = weighted(Some(&image), None, (Some(2.0), 0.0));
+    assert_eq!(left_out, without);
+    let faint = weighted(Some(&image), claim, (Some(1.95), 0.05));
+    assert_ne!(faint.1, left_out.1);
+    // An image at weight 0 keeps its positions, with zeroed rows: not the same as no image.
+    let zeroed = weighted(Some(&image), claim, (Some(0.0), 2.0));
+    let text_only = weighted(None, claim, (None, 2.0));
+    assert_ne!(zeroed.1, text_only.1);
+}

@@ -79,6 +79,28 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
         assert_eq!(b["modes"].as_array().unwrap().len(), 2);
     }
 
+    // --regrid answers grid points again (the rest is kept) and --grid-out writes training
+    // examples with every variant, the answers' agreement and the suite seed as the group.
+    let grid_out = out.join("grid.jsonl");
+    let grid_s = grid_out.to_str().unwrap();
+    common::succeeded(&run(
+        "off,rule",
+        &["--resume", "--regrid", "2", "--grid-out", grid_s],
+    ));
+    let regridded = common::json_lines(&path);
+    for (a, b) in again.iter().zip(&regridded) {
+        assert_eq!(a["grid"][0], b["grid"][0], "weight 0 is kept");
+        assert_eq!(b["grid"][8]["image_weight"], 2.0);
+        assert_eq!(b["modes"].as_array().unwrap().len(), 2, "{b}");
+    }
+    let examples = common::json_lines(&grid_out);
+    assert_eq!(examples.len(), TRUST_CONDITIONS.len() - 1, "all but `clean`");
+    for e in &examples {
+        assert_eq!(e["group"], 3, "{e}");
+        let v = &e["signals"]["variants"][0];
+        assert!(v["consistency.answer"].is_number() && v["image.confidence.topk"].is_number());
+    }
+
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     for field in [

@@ -79,6 +79,11 @@ pub struct EvalArgs {
     /// per item with an image, the rule mode's signals and a grid of scored weight vectors.
     #[arg(long)]
     pub grid_out: Option<PathBuf>,
+    /// `colour-trust` with `--resume`: answer the grid at these image weights again in the
+    /// kept records (after a change in how weights apply), comma-separated; mode answers at
+    /// those weights are replayed.
+    #[arg(long, value_delimiter = ',', requires = "resume")]
+    pub regrid: Vec<f32>,
 }
 
 /// One unit of work: a task on an item under a mode.

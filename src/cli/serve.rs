@@ -29,6 +29,9 @@ use crate::engine::{DmsMode, EngineHandle};
 /// The DMS mode of API requests that name none (`serve --dms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DefaultDmsMode {
+    /// `learned` when the first learned plugin was trained for the served model file (it
+    /// measurably helps there: README, Results), else `off`.
+    Auto,
     /// No weighting (exactly llama.cpp).
     Off,
     /// The rule-based scheduler (`rule-default`).
@@ -37,9 +40,20 @@ pub enum DefaultDmsMode {
     Learned,
 }
 
-impl From<DefaultDmsMode> for DmsMode {
-    fn from(mode: DefaultDmsMode) -> Self {
-        match mode {
+impl DefaultDmsMode {
+    /// The mode this choice gives for `model_file` with `schedulers` loaded.
+    pub fn resolve(self, schedulers: &crate::dms::Registry, model_file: &str) -> DmsMode {
+        match self {
+            DefaultDmsMode::Auto => {
+                let fitted = schedulers
+                    .default_learned()
+                    .is_some_and(|s| s.fitted_for() == Some(model_file));
+                if fitted {
+                    DmsMode::Learned
+                } else {
+                    DmsMode::Off
+                }
+            }
             DefaultDmsMode::Off => DmsMode::Off,
             DefaultDmsMode::Rule => DmsMode::Rule,
             DefaultDmsMode::Learned => DmsMode::Learned,
@@ -54,7 +68,7 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     /// DMS mode of a request whose `dms` object names no mode (or that has none); a request's
     /// own `dms.mode` always wins.
-    #[arg(long, env = "LLAMA_DMS_DMS_MODE", value_enum, default_value_t = DefaultDmsMode::Off)]
+    #[arg(long, env = "LLAMA_DMS_DMS_MODE", value_enum, default_value_t = DefaultDmsMode::Auto)]
     pub dms: DefaultDmsMode,
     /// Address to listen on (loopback unless you mean otherwise).
     #[arg(long, env = "LLAMA_DMS_HOST", default_value = "127.0.0.1")]
@@ -169,6 +183,20 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
             ),
         );
     }
+    let default_dms = args.dms.resolve(
+        &config.schedulers,
+        &super::trust::model_file_name(&config.model),
+    );
+    if args.dms == DefaultDmsMode::Auto {
+        eprintln!(
+            "llama-dms: default DMS mode {} (--dms auto: learned only with a learned plugin \
+             trained for this model)",
+            serde_json::to_value(default_dms)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        );
+    }
     if args.max_queue == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
         return fail(
             2,
@@ -199,7 +227,7 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         };
         let state = AppState::new(api_keys, limits)
             .with_public_metrics(args.metrics_public)
-            .with_default_dms(args.dms.into());
+            .with_default_dms(default_dms);
         let app = router(state.clone(), &args.cors_origins).layer(middleware::from_fn_with_state(
             Duration::from_secs(args.body_timeout),
             body_deadline,
@@ -401,4 +429,43 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     eprintln!("llama-dms: shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dms::{LearnedScheduler, Registry, TrainedInfo};
+
+    #[test]
+    fn auto_is_learned_only_with_a_plugin_trained_for_the_model() {
+        let mut registry = Registry::builtin();
+        assert_eq!(
+            DefaultDmsMode::Auto.resolve(&registry, "m.gguf"),
+            DmsMode::Off
+        );
+        let mut learned =
+            LearnedScheduler::uniform("learned-m", &["consistency".into()], &[0.5, 1.0]);
+        learned.trained = Some(TrainedInfo {
+            command: String::new(),
+            examples: 1,
+            train_reward: 0.0,
+            valid_reward: 0.0,
+            valid_reward_uniform: 0.0,
+            seed: 0,
+            model: Some("m.gguf".into()),
+        });
+        registry.insert(std::sync::Arc::new(learned)).unwrap();
+        assert_eq!(
+            DefaultDmsMode::Auto.resolve(&registry, "m.gguf"),
+            DmsMode::Learned
+        );
+        assert_eq!(
+            DefaultDmsMode::Auto.resolve(&registry, "other.gguf"),
+            DmsMode::Off
+        );
+        assert_eq!(
+            DefaultDmsMode::Rule.resolve(&registry, "other.gguf"),
+            DmsMode::Rule
+        );
+    }
 }

@@ -10,24 +10,32 @@ use super::fail;
 /// `train-scheduler` flags.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Training data: one JSON object per line with `signals` and a `grid` of scored weights.
+    /// Training data: one JSON object per line with `signals` and a `grid` of scored weights
+    /// (`eval --grid-out` writes it).
     #[arg(long)]
     pub data: PathBuf,
     /// Output plugin file; its stem (e.g. `learned-colours`) becomes the scheduler name.
     #[arg(long)]
     pub out: PathBuf,
-    /// Seed of initialisation and train/validation split.
+    /// Seed of the train/validation split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Gradient steps.
-    #[arg(long, default_value_t = 1000)]
+    /// Gradient steps per fit.
+    #[arg(long, default_value_t = 2000)]
     pub epochs: usize,
     /// Weight of the modality-weight-consistency loss in the grid scores.
     #[arg(long, default_value_t = 1.0)]
     pub lambda_mwc: f32,
-    /// Hidden units of the MLP.
-    #[arg(long, default_value_t = 8)]
-    pub hidden: usize,
+    /// Temperature of the softmax that turns a grid's scores into rewards.
+    #[arg(long, default_value_t = 0.5)]
+    pub temperature: f32,
+    /// Features to use, comma-separated (default: every feature all examples have).
+    #[arg(long, value_delimiter = ',')]
+    pub features: Option<Vec<String>>,
+    /// The agreement gate: a feature that, at 0.5 or more, gives its pair plain fusion (`none`:
+    /// no gate). Used when every example has it.
+    #[arg(long, default_value = "consistency.answer")]
+    pub agree_feature: String,
     /// The model file the training data came from, recorded in the plugin (the engine warns
     /// when the plugin serves another model).
     #[arg(long)]
@@ -42,13 +50,15 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
     };
     let config = TrainConfig {
         lambda_mwc: args.lambda_mwc,
-        hidden: args.hidden,
         epochs: args.epochs,
         seed: args.seed,
+        temperature: args.temperature,
+        features: args.features.clone(),
+        agree_feature: (args.agree_feature != "none").then(|| args.agree_feature.clone()),
         ..TrainConfig::default()
     };
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(args.epochs as u64)
+        indicatif::ProgressBar::new(1)
     } else {
         indicatif::ProgressBar::hidden()
     };
@@ -68,9 +78,10 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         .collect();
     scheduler.trained = Some(TrainedInfo {
         command: command.join(" "),
-        examples: examples.len(),
-        train_loss: report.train_loss,
-        valid_loss: report.valid_loss,
+        examples: report.n_used,
+        train_reward: report.train_reward,
+        valid_reward: report.valid_reward,
+        valid_reward_uniform: report.valid_reward_uniform,
         seed: args.seed,
         model: args.fitted_for.clone(),
     });
@@ -78,13 +89,21 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         return fail(2, &format!("cannot write {}: {e}", args.out.display()));
     }
     println!(
-        "{}: {} train / {} validation examples; loss {:.4} -> train {:.4}, validation {:.4}",
+        "{}: {} examples ({} held out, {} without exactly one image left out, {} gated to plain \
+         fusion by {}), {} features, {} candidate weights, l2 {}; reward of the picked weight: \
+         validation {:.3} (plain fusion {:.3}), train {:.3}",
         args.out.display(),
-        report.n_train,
+        report.n_used,
         report.n_valid,
-        report.initial_train_loss,
-        report.train_loss,
-        report.valid_loss
+        report.n_skipped,
+        report.n_agreeing,
+        scheduler.agree_feature.as_deref().unwrap_or("no gate"),
+        scheduler.features.len(),
+        scheduler.candidates.len(),
+        report.l2,
+        report.valid_reward,
+        report.valid_reward_uniform,
+        report.train_reward
     );
     ExitCode::SUCCESS
 }

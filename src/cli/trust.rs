@@ -13,13 +13,13 @@ use clap::Args;
 use super::eval::{progress, EvalArgs};
 use super::{exit_code, fail, write_report, ModelArgs};
 use crate::dms::Registry;
-use crate::engine::{DmsSettings, EngineConfig, EngineHandle};
+use crate::engine::{DmsSettings, EngineConfig, EngineError, EngineHandle};
 use crate::eval::parse_modes;
 use crate::eval::trust::analysis::{summarise, TrustMeta};
 use crate::eval::trust::record::{parse_jsonl, to_jsonl, TrustRecord};
 use crate::eval::trust::report::{markdown, write_plots};
 use crate::eval::trust::suite::{colour_trust, TrustItem};
-use crate::eval::trust_run::{add_replayed_modes, trust_record, TrustRun};
+use crate::eval::trust_run::{add_replayed_modes, regrid, trust_record, TrustRun};
 
 /// The items of `seeds`, `per_condition` per condition and seed (ids unique over the seeds).
 fn items_of(seeds: &[u64], per_condition: usize) -> Vec<TrustItem> {
@@ -56,9 +56,10 @@ fn collect(
     let bar = progress(records.len());
     for record in &mut records {
         if let Some(item) = by_key.get(&(record.seed, record.item)) {
-            let added = add_replayed_modes(engine, registry, item, record, run)
-                .map_err(|e| (exit_code(&e), format!("item {}: {e}", item.id)))?;
-            replayed += usize::from(added);
+            let at = |e: EngineError| (exit_code(&e), format!("item {}: {e}", item.id));
+            let regridded = regrid(engine, item, record, run).map_err(at)?;
+            let added = add_replayed_modes(engine, registry, item, record, run).map_err(at)?;
+            replayed += usize::from(added || regridded);
         }
         bar.inc(1);
     }
@@ -137,6 +138,7 @@ pub(super) fn eval_trust(args: &EvalArgs) -> ExitCode {
         max_tokens: args.max_tokens,
         modes,
         mwc: args.grid_out.is_some(),
+        regrid: args.regrid.clone(),
         ..TrustRun::default()
     };
     let items = items_of(&seeds, args.per_condition);
@@ -165,30 +167,39 @@ pub(super) fn eval_trust(args: &EvalArgs) -> ExitCode {
     write_report(&args.out, &files, write_plots(&summary, &args.out), &md)
 }
 
-/// Writes the records as `train-scheduler` examples: the signals, and per grid point the
-/// colour log-odds as the score (`loglik`) and the MWC loss.
+/// Colour log-odds beyond this are clipped in training examples; an answer that names no
+/// colour scores `-LOG_ODDS_CLIP` (as wrong as an answer can be).
+const LOG_ODDS_CLIP: f32 = 4.0;
+
+/// Writes the records as `train-scheduler` examples: the signals with their variants, per
+/// grid point the colour log-odds (clipped to +/- [`LOG_ODDS_CLIP`]) as the score (`loglik`)
+/// and the MWC loss, and the suite seed as the group.
 fn write_training_examples(records: &[TrustRecord], path: &Path) -> Result<(), String> {
     let mut out = String::new();
     let mut n = 0;
     for r in records {
-        let Some(signals) = &r.signals else { continue };
+        let Some(signals) = r.scheduler_signals() else {
+            continue;
+        };
         let grid: Vec<crate::dms::GridPoint> = r
             .grid
             .iter()
-            .filter_map(|g| {
-                Some(crate::dms::GridPoint {
-                    weights: vec![g.image_weight, 2.0 - g.image_weight],
-                    loglik: g.scored.log_odds?,
-                    mwc: g.mwc.unwrap_or(0.0),
-                })
+            .map(|g| crate::dms::GridPoint {
+                weights: vec![g.image_weight, 2.0 - g.image_weight],
+                loglik: g
+                    .scored
+                    .log_odds
+                    .map_or(-LOG_ODDS_CLIP, |x| x.clamp(-LOG_ODDS_CLIP, LOG_ODDS_CLIP)),
+                mwc: g.mwc.unwrap_or(0.0),
             })
             .collect();
         if grid.len() < 2 {
             continue;
         }
         let example = crate::dms::TrainExample {
-            signals: signals.clone(),
+            signals,
             grid,
+            group: r.suite_seed,
         };
         out.push_str(&serde_json::to_string(&example).unwrap_or_default());
         out.push('\n');

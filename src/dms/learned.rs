@@ -1,26 +1,24 @@
-//! The learned scheduler: a tiny per-modality scoring MLP fitted by `train-scheduler`.
+//! The learned scheduler: a linear policy over candidate image weights, fitted by
+//! `train-scheduler` to scored weight grids.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::plugins::deserialize_fields;
-use super::scheduler::{check_tau_bounds, param_error, weights_from_scores};
-use super::{Bounds, DmsError, ModalityWeights, Scheduler, Signals};
+use super::scheduler::{check_tau_bounds, param_error};
+use super::{clamp_renormalise, Bounds, DmsError, ModalityWeights, Scheduler, Signals};
 
-/// Names of the MLP's input features, in order. For modality `m` of a request:
-///
-/// 0. `confidence`: `c_m`
-/// 1. `uncertainty`: `u_m`
-/// 2. `consistency`: `s`, the mean image/text consistency of the request (1 with no image)
-/// 3. `is_image`: 1 for an image, 0 for the text
-/// 4. `image_missing`: 1 if the request has no image, else 0
-/// 5. `n_images_over_4`: number of images / 4
-pub const FEATURES: [&str; 6] = [
-    "confidence",
-    "uncertainty",
+/// The features every request has, whatever signal variants were measured: an image's
+/// default confidence and uncertainty, the text's, and their consistency. A plugin may name
+/// these or any key of [`Signals::variants`] (`image.confidence.topk`, `text.uncertainty`,
+/// `consistency.input`, ...).
+pub const DEFAULT_FEATURES: [&str; 5] = [
+    "image.confidence",
+    "image.uncertainty",
+    "text.confidence",
+    "text.uncertainty",
     "consistency",
-    "is_image",
-    "image_missing",
-    "n_images_over_4",
 ];
 
 /// How a learned plugin was produced (written by `train-scheduler`; informational).
@@ -31,170 +29,190 @@ pub struct TrainedInfo {
     pub command: String,
     /// Number of training examples read.
     pub examples: usize,
-    /// Final training loss (cross-entropy).
-    pub train_loss: f32,
-    /// Final validation loss (cross-entropy).
-    pub valid_loss: f32,
-    /// Seed of initialisation and split.
+    /// Final training objective: mean expected grid reward under the policy (higher is better).
+    pub train_reward: f32,
+    /// The same on the held-out examples.
+    pub valid_reward: f32,
+    /// Mean reward of plain fusion (image weight 1) on the held-out examples, for comparison.
+    pub valid_reward_uniform: f32,
+    /// Seed of the train/validation split.
     pub seed: u64,
     /// The model file the training data came from.
     #[serde(default)]
     pub model: Option<String>,
 }
 
-/// Learned scheduler: one small MLP, shared by all modalities (so any number of images works),
-/// scores each modality from its [`FEATURES`]:
+/// Learned scheduler: for each image of a request, a softmax policy over `candidates` (image
+/// weights of that image paired with the text, whose weight is `2 - w`), linear in the
+/// standardised features of the pair:
 ///
 /// ```text
-/// h_m     = tanh(w1 . x_m + b1)        w1: hidden x features, b1: hidden
-/// score_m = w2 . h_m + b2              w2: hidden
-/// w       = clamp_renormalise(M * softmax(score / tau), [w_min, w_max])
+/// x_j     = (feature_j - mean_j) / scale_j          a missing feature counts as its mean
+/// logit_k = bias_k + coef_k . x
+/// e_i     = candidates[argmax_k logit_k]             the image's preferred pair weight
+/// r_i     = e_i / (2 - e_i)                          its trust relative to the text
+/// w       = clamp_renormalise(M * (r_1, .., r_n, 1) / (1 + sum r), [w_min, w_max])
 /// ```
 ///
-/// Serialises to and from the JSON plugin format (see `plugins/README.md`).
+/// With one image the image gets exactly `e_1` and the text `2 - e_1`. A pair whose
+/// `agree_feature` is at least 0.5 (normally `consistency.answer`: both modalities alone give
+/// the same answer) skips the policy and gets `e_i = 1`. Serialises to and from the JSON plugin
+/// format (see `plugins/README.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LearnedScheduler {
     /// Plugin name.
     pub name: String,
-    /// The feature names, which must equal [`FEATURES`].
+    /// Input feature names (see [`DEFAULT_FEATURES`]).
     pub features: Vec<String>,
-    /// Hidden layer width.
-    pub hidden: usize,
-    /// First layer weights, `hidden` rows of `features.len()` values.
-    pub w1: Vec<Vec<f32>>,
-    /// First layer biases, `hidden` values.
-    pub b1: Vec<f32>,
-    /// Output weights, `hidden` values.
-    pub w2: Vec<f32>,
-    /// Output bias (cancels in the softmax; kept for completeness).
-    pub b2: f32,
-    /// Softmax temperature, > 0.
-    #[serde(default = "one")]
-    pub tau: f32,
+    /// Per feature: its mean on the training data.
+    pub mean: Vec<f32>,
+    /// Per feature: its standard deviation on the training data (> 0).
+    pub scale: Vec<f32>,
+    /// Candidate image weights, each in `[0, 2]`.
+    pub candidates: Vec<f32>,
+    /// One row of `features.len()` coefficients per candidate.
+    pub coef: Vec<Vec<f32>>,
+    /// One bias per candidate.
+    pub bias: Vec<f32>,
     /// Smallest weight.
-    #[serde(default = "default_w_min")]
+    #[serde(default)]
     pub w_min: f32,
     /// Largest weight.
     #[serde(default = "default_w_max")]
     pub w_max: f32,
+    /// A feature that, at 0.5 or more, gives its pair plain fusion without the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agree_feature: Option<String>,
     /// Provenance, if trained by `train-scheduler`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained: Option<TrainedInfo>,
-}
-
-fn one() -> f32 {
-    1.0
-}
-
-pub(crate) fn default_w_min() -> f32 {
-    0.2
 }
 
 pub(crate) fn default_w_max() -> f32 {
     2.0
 }
 
+/// Largest image weight a pair may prefer (2 would leave the text nothing to be relative to).
+const MAX_PAIR_WEIGHT: f32 = 1.99;
+
 impl LearnedScheduler {
-    /// A scheduler with all-zero parameters (uniform weights) and `hidden` hidden units.
-    pub fn zeros(name: &str, hidden: usize) -> Self {
+    /// A scheduler whose policy always prefers the candidate closest to 1 (plain fusion), over
+    /// `features` and `candidates`, with unit standardisation.
+    pub fn uniform(name: &str, features: &[String], candidates: &[f32]) -> Self {
+        let one = candidates
+            .iter()
+            .enumerate()
+            .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
+            .map_or(0, |(k, _)| k);
+        let mut bias = vec![0.0; candidates.len()];
+        if let Some(b) = bias.get_mut(one) {
+            *b = 1.0;
+        }
         Self {
             name: name.to_string(),
-            features: FEATURES.iter().map(|f| f.to_string()).collect(),
-            hidden,
-            w1: vec![vec![0.0; FEATURES.len()]; hidden],
-            b1: vec![0.0; hidden],
-            w2: vec![0.0; hidden],
-            b2: 0.0,
-            tau: 1.0,
-            w_min: default_w_min(),
+            features: features.to_vec(),
+            mean: vec![0.0; features.len()],
+            scale: vec![1.0; features.len()],
+            candidates: candidates.to_vec(),
+            coef: vec![vec![0.0; features.len()]; candidates.len()],
+            bias,
+            w_min: 0.0,
             w_max: default_w_max(),
+            agree_feature: None,
             trained: None,
         }
     }
 
-    /// Checks shapes and values: features equal [`FEATURES`], `hidden >= 1`, `w1` is
-    /// `hidden x features`, `b1` and `w2` have `hidden` values, everything finite, tau > 0,
-    /// 0 <= w_min <= w_max. Errors are [`DmsError::InvalidParameter`].
+    /// Whether image `i` and the text agree by [`LearnedScheduler::agree_feature`].
+    pub fn agrees(&self, signals: &Signals, i: usize) -> bool {
+        self.agree_feature
+            .as_deref()
+            .and_then(|f| pair_feature(signals, i, f))
+            .is_some_and(|v| v >= 0.5)
+    }
+
+    /// Checks shapes and values: at least one feature and two candidates, `mean`/`scale` one
+    /// per feature (scale > 0), `coef` candidates x features, `bias` one per candidate,
+    /// candidates in `[0, 2]`, everything finite, `0 <= w_min <= w_max`. Errors are
+    /// [`DmsError::InvalidParameter`].
     pub fn validate(&self) -> Result<(), DmsError> {
         let err = |field: &str, reason: String| param_error((field, reason));
-        if self.features != FEATURES {
-            return Err(err(
-                "features",
-                format!("must be exactly {FEATURES:?} (got {:?})", self.features),
-            ));
+        let (d, k) = (self.features.len(), self.candidates.len());
+        if d == 0 {
+            return Err(err("features", "needs at least one feature".into()));
         }
-        if self.hidden == 0 {
-            return Err(err("hidden", "must be >= 1".into()));
+        if k < 2 {
+            return Err(err("candidates", "needs at least two weights".into()));
         }
-        if self.w1.len() != self.hidden {
-            let n = self.w1.len();
-            return Err(err(
-                "w1",
-                format!("has {n} rows, hidden is {}", self.hidden),
-            ));
-        }
-        if let Some(i) = self.w1.iter().position(|r| r.len() != FEATURES.len()) {
-            let n = FEATURES.len();
-            return Err(err("w1", format!("row {i} must have {n} values")));
-        }
-        for (field, v) in [("b1", &self.b1), ("w2", &self.w2)] {
-            if v.len() != self.hidden {
-                let n = v.len();
-                return Err(err(
-                    field,
-                    format!("has {n} values, hidden is {}", self.hidden),
-                ));
+        for (field, n, want) in [
+            ("mean", self.mean.len(), d),
+            ("scale", self.scale.len(), d),
+            ("bias", self.bias.len(), k),
+            ("coef", self.coef.len(), k),
+        ] {
+            if n != want {
+                return Err(err(field, format!("has {n} values, expected {want}")));
             }
         }
-        let params: [(&str, Vec<f32>); 4] = [
-            ("w1", self.w1.iter().flatten().copied().collect()),
-            ("b1", self.b1.clone()),
-            ("w2", self.w2.clone()),
-            ("b2", vec![self.b2]),
+        if let Some(i) = self.coef.iter().position(|r| r.len() != d) {
+            return Err(err("coef", format!("row {i} must have {d} values")));
+        }
+        let all: [(&str, Vec<f32>); 5] = [
+            ("mean", self.mean.clone()),
+            ("scale", self.scale.clone()),
+            ("candidates", self.candidates.clone()),
+            ("coef", self.coef.iter().flatten().copied().collect()),
+            ("bias", self.bias.clone()),
         ];
-        for (field, v) in params {
+        for (field, v) in all {
             if !v.iter().all(|x| x.is_finite()) {
-                return Err(err(field, "parameters must be finite".into()));
+                return Err(err(field, "values must be finite".into()));
             }
         }
-        check_tau_bounds(self.tau, self.w_min, self.w_max).map_err(param_error)
-    }
-
-    /// Feature vectors of every modality of a request (images in order, then the text), in
-    /// [`FEATURES`] order, from sanitised signals.
-    pub fn feature_vectors(signals: &Signals) -> Vec<[f32; 6]> {
-        let s = signals.mean_consistency();
-        let missing = if signals.image_missing { 1.0 } else { 0.0 };
-        let n_img = signals.images.len() as f32 / 4.0;
-        let n = signals.images.len();
-        signals
-            .per_modality()
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let is_image = if i < n { 1.0 } else { 0.0 };
-                [m.confidence, m.uncertainty, s, is_image, missing, n_img]
-            })
-            .collect()
-    }
-
-    /// The MLP's score for one feature vector.
-    pub fn score(&self, x: &[f32; 6]) -> f32 {
-        let mut out = self.b2;
-        for ((row, b), w) in self.w1.iter().zip(&self.b1).zip(&self.w2) {
-            let a: f32 = row.iter().zip(x).map(|(p, q)| p * q).sum::<f32>() + b;
-            out += w * a.tanh();
+        if self.scale.iter().any(|s| *s <= 0.0) {
+            return Err(err("scale", "values must be > 0".into()));
         }
-        out
+        if self.candidates.iter().any(|c| !(0.0..=2.0).contains(c)) {
+            return Err(err("candidates", "weights must be in [0, 2]".into()));
+        }
+        check_tau_bounds(1.0, self.w_min, self.w_max).map_err(param_error)
     }
 
-    /// Scores of every modality of a request.
-    pub fn scores(&self, signals: &Signals) -> Vec<f32> {
-        Self::feature_vectors(signals)
+    /// The standardised feature vector of image `i` of a request and the text.
+    pub fn features_of(&self, signals: &Signals, i: usize) -> Vec<f32> {
+        self.features
             .iter()
-            .map(|x| self.score(x))
+            .zip(self.mean.iter().zip(&self.scale))
+            .map(
+                |(name, (mean, scale))| match pair_feature(signals, i, name) {
+                    Some(x) => (x - mean) / scale,
+                    None => 0.0,
+                },
+            )
             .collect()
+    }
+
+    /// The policy's logit of every candidate for standardised features `x`.
+    pub fn logits(&self, x: &[f32]) -> Vec<f32> {
+        self.coef
+            .iter()
+            .zip(&self.bias)
+            .map(|(row, b)| b + row.iter().zip(x).map(|(c, v)| c * v).sum::<f32>())
+            .collect()
+    }
+
+    /// The candidate weight the policy prefers for standardised features `x` (the first of
+    /// the highest logits).
+    pub fn choose(&self, x: &[f32]) -> f32 {
+        let logits = self.logits(x);
+        let mut best = 0;
+        for (k, l) in logits.iter().enumerate() {
+            if *l > logits[best] {
+                best = k;
+            }
+        }
+        self.candidates.get(best).copied().unwrap_or(1.0)
     }
 
     /// The JSON plugin file text (with `"kind": "learned"` first).
@@ -213,7 +231,8 @@ impl LearnedScheduler {
     }
 
     /// Parses a JSON plugin (with or without `"kind": "learned"`) and validates it. Errors are
-    /// [`DmsError::InvalidParameter`] naming the offending field.
+    /// [`DmsError::InvalidParameter`] naming the offending field; a plugin of the earlier MLP
+    /// form (`hidden`, `w1`, ...) is refused with a hint to retrain it.
     pub fn from_json(text: &str) -> Result<Self, DmsError> {
         let mut value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| param_error(("(json)", format!("invalid JSON: {e}"))))?;
@@ -228,12 +247,51 @@ impl LearnedScheduler {
                     )))
                 }
             }
+            if obj.contains_key("w1") {
+                return Err(param_error((
+                    "w1",
+                    "this is a learned plugin of the earlier MLP form; retrain it with \
+                     `llama-dms train-scheduler`"
+                        .into(),
+                )));
+            }
         }
         let s: Self = deserialize_fields(value)
             .map_err(|(field, reason)| DmsError::InvalidParameter { field, reason })?;
         s.validate()?;
         Ok(s)
     }
+}
+
+/// Feature `name` of image `i` and the text: a key of the measured variants, else one of
+/// [`DEFAULT_FEATURES`]; `None` if the request has neither (or the value is not finite).
+pub fn pair_feature(signals: &Signals, i: usize, name: &str) -> Option<f32> {
+    let measured = signals.variants.get(i).and_then(|v| v.get(name)).copied();
+    let value = measured.or_else(|| {
+        let image = signals.images.get(i)?;
+        match name {
+            "image.confidence" => Some(image.confidence),
+            "image.uncertainty" => Some(image.uncertainty),
+            "text.confidence" => Some(signals.text.confidence),
+            "text.uncertainty" => Some(signals.text.uncertainty),
+            "consistency" => signals.consistency.get(i).copied(),
+            _ => None,
+        }
+    });
+    value.filter(|x| x.is_finite())
+}
+
+/// Every feature name a request's signals provide for image `i`: [`DEFAULT_FEATURES`] and the
+/// measured variants, sorted and without duplicates.
+pub fn available_features(signals: &Signals, i: usize) -> Vec<String> {
+    let mut names: BTreeMap<String, ()> = DEFAULT_FEATURES
+        .iter()
+        .map(|f| (f.to_string(), ()))
+        .collect();
+    if let Some(v) = signals.variants.get(i) {
+        names.extend(v.keys().map(|k| (k.clone(), ())));
+    }
+    names.into_keys().collect()
 }
 
 impl Scheduler for LearnedScheduler {
@@ -254,108 +312,37 @@ impl Scheduler for LearnedScheduler {
     }
 
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
+        let n = signals.images.len();
+        if n == 0 {
+            return Ok(ModalityWeights::uniform(0));
+        }
+        let relative: Vec<f64> = (0..n)
+            .map(|i| {
+                let e = if self.agrees(signals, i) {
+                    1.0
+                } else {
+                    f64::from(self.choose(&self.features_of(signals, i)))
+                        .clamp(0.0, f64::from(MAX_PAIR_WEIGHT))
+                };
+                e / (2.0 - e)
+            })
+            .collect();
+        let total = 1.0 + relative.iter().sum::<f64>();
+        let m = (n + 1) as f64;
+        let mut w: Vec<f32> = relative
+            .iter()
+            .chain([&1.0])
+            .map(|r| (m * r / total) as f32)
+            .collect();
         let bounds = Bounds {
             w_min: self.w_min,
             w_max: self.w_max,
         };
-        Ok(weights_from_scores(&self.scores(signals), self.tau, bounds))
+        clamp_renormalise(&mut w, bounds);
+        Ok(ModalityWeights::from_vec(&w))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dms::ModalitySignals;
-
-    fn example() -> LearnedScheduler {
-        let mut l = LearnedScheduler::zeros("learned-test", 2);
-        // Unit 0 reads confidence, unit 1 reads is_image.
-        l.w1[0][0] = 2.0;
-        l.w1[1][3] = 1.0;
-        l.w2 = vec![1.5, -0.25];
-        l.b1 = vec![0.1, -0.1];
-        l.trained = Some(TrainedInfo {
-            command: "llama-dms train-scheduler --data x.jsonl".into(),
-            examples: 10,
-            train_loss: 0.5,
-            valid_loss: 0.6,
-            seed: 3,
-            model: None,
-        });
-        l
-    }
-
-    #[test]
-    fn json_round_trip() {
-        let l = example();
-        let text = l.to_json();
-        assert!(text.trim_start().starts_with("{\n  \"kind\": \"learned\""));
-        assert_eq!(LearnedScheduler::from_json(&text).unwrap(), l);
-        // Without provenance, and without kind.
-        let mut plain = l.clone();
-        plain.trained = None;
-        let text = serde_json::to_string(&plain).unwrap();
-        assert_eq!(LearnedScheduler::from_json(&text).unwrap(), plain);
-    }
-
-    #[test]
-    fn zeros_give_uniform_weights() {
-        let l = LearnedScheduler::zeros("z", 3);
-        assert!(l.validate().is_ok());
-        let w = l.weights(&Signals::neutral(3)).unwrap();
-        assert_eq!(w, ModalityWeights::uniform(3));
-    }
-
-    #[test]
-    fn confident_modality_gets_more_weight() {
-        let l = example();
-        let mut s = Signals::neutral(1);
-        s.images[0] = ModalitySignals {
-            confidence: 0.1,
-            uncertainty: 0.5,
-        };
-        s.text.confidence = 0.9;
-        let w = l.weights(&s).unwrap();
-        assert!(w.images[0] < w.text);
-        assert!((w.images[0] + w.text - 2.0).abs() < 1e-5);
-    }
-
-    #[test]
-    fn features_follow_the_documented_order() {
-        let mut s = Signals::neutral(2);
-        s.images[1].confidence = 0.9;
-        s.consistency = vec![0.2, 0.4];
-        let f = LearnedScheduler::feature_vectors(&s);
-        assert_eq!(f.len(), 3);
-        assert_eq!(f[1], [0.9, 0.5, 0.3, 1.0, 0.0, 0.5]);
-        assert_eq!(f[2][3], 0.0);
-        let f = LearnedScheduler::feature_vectors(&Signals::neutral(0));
-        assert_eq!(f, vec![[0.5, 0.5, 1.0, 0.0, 1.0, 0.0]]);
-    }
-
-    #[test]
-    fn validate_catches_shapes() {
-        let field = |l: LearnedScheduler| match l.validate() {
-            Err(DmsError::InvalidParameter { field, .. }) => field,
-            other => panic!("{other:?}"),
-        };
-        let mut l = example();
-        l.w1.pop();
-        assert_eq!(field(l), "w1");
-        let mut l = example();
-        l.b1.push(0.0);
-        assert_eq!(field(l), "b1");
-        let mut l = example();
-        l.features.swap(0, 1);
-        assert_eq!(field(l), "features");
-        let mut l = example();
-        l.w2[0] = f32::NAN;
-        assert_eq!(field(l), "w2");
-        let mut l = example();
-        l.tau = -1.0;
-        assert_eq!(field(l), "tau");
-        let mut l = example();
-        l.hidden = 0;
-        assert_eq!(field(l), "hidden");
-    }
-}
+#[path = "learned_tests.rs"]
+mod tests;

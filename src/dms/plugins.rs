@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::learned::{default_w_max, default_w_min};
+use super::learned::default_w_max;
 use super::{DmsError, LearnedScheduler, OffScheduler, RuleScheduler, Scheduler};
 
 /// A `kind = "rule"` plugin: every parameter but `name` is optional and defaults to
@@ -35,6 +35,11 @@ struct RuleFile {
     #[serde(default)]
     u_ref_text: f32,
     model: Option<String>,
+}
+
+/// A script plugin's smallest weight when its file gives none.
+fn default_w_min() -> f32 {
+    0.2
 }
 
 /// A `kind = "script"` plugin: `name` and `source` are required.

@@ -119,24 +119,28 @@ fn rule_plugin_in_json() {
 
 #[test]
 fn learned_plugin_parses_and_validates() {
-    let mut l = LearnedScheduler::zeros("learned-a", 2);
-    l.w1[0][0] = 1.0;
+    let features = vec![
+        "image.confidence".to_string(),
+        "text.confidence".to_string(),
+    ];
+    let mut l = LearnedScheduler::uniform("learned-a", &features, &[0.5, 1.0, 1.5]);
+    l.coef[0][0] = 1.0;
     let s = parse("learned-a.json", &l.to_json()).unwrap();
     assert_eq!(s.kind(), "learned");
     assert_eq!(s.name(), "learned-a");
     // Wrong shape: field named.
     let mut bad = l.clone();
-    bad.b1.pop();
-    expect_field(parse("l.json", &bad.to_json()), "l.json", "b1");
+    bad.bias.pop();
+    expect_field(parse("l.json", &bad.to_json()), "l.json", "bias");
     // Wrong type inside a nested array: the path is given.
     let mut value: serde_json::Value = serde_json::from_str(&l.to_json()).unwrap();
-    value["w1"][0][0] = "one".into();
+    value["coef"][0][0] = "one".into();
     let text = value.to_string();
-    let msg = expect_field(parse("l.json", &text), "l.json", "w1[0][0]");
+    let msg = expect_field(parse("l.json", &text), "l.json", "coef[0][0]");
     assert!(msg.contains("invalid type"), "{msg}");
     let text = l
         .to_json()
-        .replacen("\"hidden\"", "\"extra\": 1, \"hidden\"", 1);
+        .replacen("\"bias\"", "\"extra\": 1, \"bias\"", 1);
     expect_field(parse("l.json", &text), "l.json", "extra");
 }
 
@@ -191,7 +195,8 @@ fn load_dir_and_registry_api() {
     )
     .unwrap();
     std::fs::write(d.join("notes.md"), "not a plugin").unwrap();
-    let mut l = LearnedScheduler::zeros("learned-b", 1);
+    let features = vec!["consistency".to_string()];
+    let mut l = LearnedScheduler::uniform("learned-b", &features, &[0.5, 1.0]);
     std::fs::write(d.join("learned-b.json"), l.to_json()).unwrap();
     l.name = "learned-a".into();
     std::fs::write(d.join("z-learned.json"), l.to_json()).unwrap();
@@ -250,8 +255,12 @@ fn builtin_and_insert() {
     let mut r = Registry::builtin();
     assert_eq!(r.names(), vec!["off", "rule-default"]);
     assert!(r.default_learned().is_none());
-    r.insert(Arc::new(LearnedScheduler::zeros("mine", 1)))
-        .unwrap();
+    r.insert(Arc::new(LearnedScheduler::uniform(
+        "mine",
+        &["consistency".to_string()],
+        &[0.5, 1.0],
+    )))
+    .unwrap();
     assert_eq!(r.default_learned().unwrap().name(), "mine");
     assert!(r.insert(Arc::new(OffScheduler)).is_err());
 }

@@ -38,6 +38,7 @@ fn signals() -> impl Strategy<Value = Signals> {
                 text,
                 consistency,
                 image_missing: n == 0,
+                variants: Vec::new(),
             })
     })
 }
@@ -64,28 +65,27 @@ fn rule() -> impl Strategy<Value = RuleScheduler> {
 }
 
 fn learned() -> impl Strategy<Value = LearnedScheduler> {
-    (
-        1usize..5,
-        any::<u64>(),
-        0.01f32..5.0,
-        0.0f32..1.0,
-        1.0f32..3.0,
-    )
-        .prop_map(|(hidden, seed, tau, w_min, w_max)| {
+    (1usize..5, 2usize..6, any::<u64>(), 0.0f32..1.0, 1.0f32..3.0).prop_map(
+        |(d, k, seed, w_min, w_max)| {
             let mut rng = SplitMix64::new(seed);
             let mut r = || (rng.next_f32() - 0.5) * 20.0;
-            let mut l = LearnedScheduler::zeros("p", hidden);
-            for row in &mut l.w1 {
+            let features: Vec<String> = crate::dms::DEFAULT_FEATURES[..d]
+                .iter()
+                .map(|f| f.to_string())
+                .collect();
+            let candidates: Vec<f32> = (0..k).map(|i| 2.0 * i as f32 / (k - 1) as f32).collect();
+            let mut l = LearnedScheduler::uniform("p", &features, &candidates);
+            for row in &mut l.coef {
                 row.iter_mut().for_each(|x| *x = r());
             }
-            l.b1.iter_mut().for_each(|x| *x = r());
-            l.w2.iter_mut().for_each(|x| *x = r());
-            l.b2 = r();
-            l.tau = tau;
+            l.bias.iter_mut().for_each(|x| *x = r());
+            l.mean.iter_mut().for_each(|x| *x = r());
+            l.scale.iter_mut().for_each(|x| *x = r().abs() + 0.01);
             l.w_min = w_min;
             l.w_max = w_max;
             l
-        })
+        },
+    )
 }
 
 /// Checks the invariants for one scheduler and returns nothing on success.

@@ -177,6 +177,7 @@ mod tests {
             },
             consistency: vec![s],
             image_missing: false,
+            variants: Vec::new(),
         }
     }
 

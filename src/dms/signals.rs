@@ -4,6 +4,8 @@
 //! input with no finite logit gives the answer for the uniform distribution, and non-finite
 //! embedding values are treated as 0. Scalar signals are always finite and in `[0, 1]`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Logits with every non-finite value replaced by `-inf`.
@@ -104,6 +106,26 @@ pub fn top_k_share(logits: &[f32], k: usize) -> f32 {
         (best / total) as f32
     } else {
         0.0
+    }
+}
+
+/// The word an answer ends its first sentence on, lowercased (`"The main color is red."` ->
+/// `red`): where a short answer states what it answers. `None` for an answer without a word.
+pub fn answer_word(answer: &str) -> Option<String> {
+    let first = answer.split(['.', '!', '?', '\n']).next().unwrap_or("");
+    first
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .rfind(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// Whether two unimodal answers agree: 1 when they end their first sentence on the same word
+/// ([`answer_word`]), else 0. The signal variant `consistency.answer`: with the question kept,
+/// two modalities that give the same answer alone leave nothing to arbitrate.
+pub fn answer_agreement(a: &str, b: &str) -> f32 {
+    match (answer_word(a), answer_word(b)) {
+        (Some(x), Some(y)) if x == y => 1.0,
+        _ => 0.0,
     }
 }
 
@@ -407,6 +429,11 @@ pub struct Signals {
     pub consistency: Vec<f32>,
     /// The request has no image.
     pub image_missing: bool,
+    /// Per image, every signal variant measured for it and the text, keyed as in `eval`
+    /// records (`image.confidence.topk`, `text.uncertainty`, `consistency.input`, ...): what
+    /// a learned scheduler may read. Empty when none were measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<BTreeMap<String, f32>>,
 }
 
 impl Signals {
@@ -418,6 +445,7 @@ impl Signals {
             text: ModalitySignals::NEUTRAL,
             consistency: vec![0.5; n_images],
             image_missing: n_images == 0,
+            variants: Vec::new(),
         }
     }
 

@@ -201,6 +201,7 @@ fn signals_helpers() {
         },
         consistency: vec![f32::INFINITY],
         image_missing: false,
+        variants: Vec::new(),
     };
     assert_eq!(s.mean_consistency(), 0.5);
     let per = s.per_modality();

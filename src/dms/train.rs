@@ -1,45 +1,58 @@
-//! Core of `train-scheduler`: fits a [`LearnedScheduler`] to scored weight grids.
+//! Core of `train-scheduler`: fits a [`LearnedScheduler`] policy to scored weight grids.
 //!
 //! No gradient flows through the LLM. For each training example the data generator (the `eval`
-//! tooling, with the model) has already evaluated a grid of weight vectors and recorded, for
-//! each, the answer's log-likelihood and the Modality Weight Consistency loss. Here:
+//! tooling, with the model) has already answered a grid of weight vectors and recorded, for
+//! each, a score of the answer (the reference answer's log-likelihood, or on `colour-trust` the
+//! log-odds of the right colour) and the Modality Weight Consistency loss. Here:
 //!
-//! 1. each grid point gets the score `loglik_g - lambda_mwc * mwc_g`;
-//! 2. the example's target weights are the expectation of the grid's weight vectors under
-//!    `softmax_g(score_g / temperature)`, normalised into a distribution over the modalities
-//!    (divided by their sum, which is `M` for grids whose vectors sum to `M`);
-//! 3. the MLP scores every modality, a softmax over the example's modalities gives the predicted
-//!    distribution, and the loss is the cross-entropy between target and prediction (in nats;
-//!    it includes the target's own entropy, so its minimum is not 0);
-//! 4. full-batch gradient descent with Adam step sizes and hand-written backpropagation through
-//!    the tiny MLP, deterministic given the seed (initialisation and train/valid split).
+//! 1. each grid point gets the score `loglik_g - lambda_mwc * mwc_g` and the reward
+//!    `softmax_g(score_g / temperature)` over the example's grid (so rewards sum to 1 per
+//!    example, whatever the scale of the scores; an image weight missing from the grid gets 0);
+//! 2. the candidates are the distinct image weights of the grids; the policy is
+//!    `p_k = softmax_k(bias_k + coef_k . x)` over them, `x` the standardised features;
+//! 3. full-batch gradient ascent on the mean expected reward `sum_k p_k r_k` minus
+//!    `l2 / 2 * |coef|^2`, deterministic;
+//! 4. an example whose agreement gate holds (`consistency.answer`: both modalities alone give
+//!    the same answer) gets plain fusion from the scheduler and is left out of the fit;
+//! 5. the held-out examples are whole groups (an example's `group`, e.g. the suite seed it came
+//!    from; else each example alone), drawn with the seed; `l2` is chosen among [`L2S`] by the
+//!    held-out reward of the weight the scheduler would pick, then the policy is refitted on
+//!    every example.
 //!
-//! Input format (JSON Lines, one example per line; blank lines are skipped):
+//! Only examples with one image are used (their grid pairs the image with the text). Input
+//! format (JSON Lines, one example per line; blank lines are skipped):
 //!
 //! ```json
 //! {"signals": {"images": [{"confidence": 0.2, "uncertainty": 0.3}],
 //!              "text": {"confidence": 0.8, "uncertainty": 0.1},
-//!              "consistency": [0.4], "image_missing": false},
+//!              "consistency": [0.4], "image_missing": false,
+//!              "variants": [{"image.confidence.topk": 0.31, "text.confidence.topk": 0.9}]},
 //!  "grid": [{"weights": [0.5, 1.5], "loglik": -3.2, "mwc": 0.12},
-//!           {"weights": [1.0, 1.0], "loglik": -4.0, "mwc": 0.10}]}
+//!           {"weights": [1.0, 1.0], "loglik": -4.0, "mwc": 0.10}],
+//!  "group": 101}
 //! ```
 //!
 //! (one line in the file). `weights` lists the images' weights then the text's; `mwc` may be
-//! omitted (0).
+//! omitted (0), and so may `variants` and `group`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::learned::FEATURES;
-use super::{DmsError, LearnedScheduler, Signals, SplitMix64, TrainedInfo};
+use super::learned::{available_features, pair_feature};
+use super::{DmsError, LearnedScheduler, Signals, SplitMix64};
+
+/// L2 strengths tried; the one with the best held-out reward is kept.
+pub const L2S: [f64; 3] = [1e-3, 1e-2, 1e-1];
 
 /// One evaluated weight vector of a training example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GridPoint {
     /// Weights: one per image, then the text.
     pub weights: Vec<f32>,
-    /// Log-likelihood of the reference answer under these weights.
+    /// Score of the answer under these weights: the reference answer's log-likelihood, or
+    /// another margin where higher is better.
     pub loglik: f32,
     /// Modality Weight Consistency loss under these weights (0 if absent).
     #[serde(default)]
@@ -49,10 +62,14 @@ pub struct GridPoint {
 /// One training example: the request's signals and its scored grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainExample {
-    /// Signals measured for the request.
+    /// Signals measured for the request (with their variants, when recorded).
     pub signals: Signals,
     /// The evaluated weight vectors.
     pub grid: Vec<GridPoint>,
+    /// Examples of one group stay on one side of the train/validation split (e.g. the suite
+    /// seed they were drawn from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u64>,
 }
 
 impl TrainExample {
@@ -83,8 +100,9 @@ impl TrainExample {
         Ok(())
     }
 
-    /// The target distribution over modalities (see the module documentation).
-    pub fn target(&self, config: &TrainConfig) -> Vec<f32> {
+    /// The reward of every grid point: `softmax(score / temperature)` over the grid, with
+    /// `score = loglik - lambda_mwc * mwc` (see the module documentation).
+    pub fn rewards(&self, config: &TrainConfig) -> Vec<f64> {
         let t = f64::from(config.temperature.max(1e-6));
         let scores: Vec<f64> = self
             .grid
@@ -94,14 +112,7 @@ impl TrainExample {
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let z: f64 = p.iter().sum();
-        let mut w = vec![0.0f64; self.signals.m()];
-        for (g, pg) in self.grid.iter().zip(&p) {
-            for (acc, &x) in w.iter_mut().zip(&g.weights) {
-                *acc += pg / z * f64::from(x);
-            }
-        }
-        let sum: f64 = w.iter().sum();
-        w.iter().map(|x| (x / sum) as f32).collect()
+        p.iter().map(|x| x / z).collect()
     }
 }
 
@@ -110,31 +121,35 @@ impl TrainExample {
 pub struct TrainConfig {
     /// Weight of the MWC loss in the grid score (default 1).
     pub lambda_mwc: f32,
-    /// Hidden units of the MLP (default 8).
-    pub hidden: usize,
-    /// Full-batch steps (default 1000).
+    /// Full-batch gradient steps per fit (default 2000).
     pub epochs: usize,
-    /// Adam learning rate (default 0.02).
+    /// Step size (default 1).
     pub lr: f32,
-    /// Seed of initialisation and split (default 0).
+    /// Seed of the train/validation split (default 0).
     pub seed: u64,
-    /// Share of examples held out for validation (default 0.2; at least one example when
+    /// Share of groups held out for validation (default 0.2; at least one group when
     /// positive and there are two or more).
     pub valid_fraction: f32,
-    /// Temperature of the softmax over grid scores (default 1).
+    /// Temperature of the softmax over grid scores (default 0.5).
     pub temperature: f32,
+    /// The features to use (`None`: every feature all examples have, but the gate).
+    pub features: Option<Vec<String>>,
+    /// The scheduler's agreement gate (default `consistency.answer`; `None`: no gate). Used
+    /// when every example has it: examples it gates get plain fusion and are not fitted.
+    pub agree_feature: Option<String>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             lambda_mwc: 1.0,
-            hidden: 8,
-            epochs: 1000,
-            lr: 0.02,
+            epochs: 2000,
+            lr: 1.0,
             seed: 0,
             valid_fraction: 0.2,
-            temperature: 1.0,
+            temperature: 0.5,
+            features: None,
+            agree_feature: Some("consistency.answer".into()),
         }
     }
 }
@@ -145,8 +160,8 @@ impl TrainConfig {
         if !self.lambda_mwc.is_finite() || self.lambda_mwc < 0.0 {
             return bad("lambda_mwc must be finite and >= 0");
         }
-        if self.hidden == 0 || self.hidden > 1024 {
-            return bad("hidden must be between 1 and 1024");
+        if self.epochs == 0 {
+            return bad("epochs must be >= 1");
         }
         if !self.lr.is_finite() || self.lr <= 0.0 {
             return bad("lr must be > 0");
@@ -157,22 +172,33 @@ impl TrainConfig {
         if !self.temperature.is_finite() || self.temperature <= 0.0 {
             return bad("temperature must be > 0");
         }
+        if self.features.as_ref().is_some_and(|f| f.is_empty()) {
+            return bad("features must not be empty");
+        }
         Ok(())
     }
 }
 
-/// Outcome of [`train`].
+/// Outcome of [`train`]. Rewards are means over examples of the reward of the image weight the
+/// scheduler picks (1 = always the best-scored grid point, when the temperature is small).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
-    /// Mean cross-entropy on the training examples after training.
-    pub train_loss: f32,
-    /// Mean cross-entropy on the held-out examples (equals `train_loss` when none is held out).
-    pub valid_loss: f32,
-    /// Mean cross-entropy on the training examples before the first step.
-    pub initial_train_loss: f32,
-    /// Number of training examples.
-    pub n_train: usize,
-    /// Number of held-out examples.
+    /// On the training examples, with the final policy.
+    pub train_reward: f32,
+    /// On the held-out examples, with the policy fitted without them (equals `train_reward`
+    /// when none is held out).
+    pub valid_reward: f32,
+    /// Plain fusion's (the candidate nearest image weight 1) on the held-out examples.
+    pub valid_reward_uniform: f32,
+    /// The L2 strength chosen.
+    pub l2: f64,
+    /// Examples used (one image).
+    pub n_used: usize,
+    /// Examples left out (not exactly one image).
+    pub n_skipped: usize,
+    /// Used examples the agreement gate gives plain fusion (not fitted).
+    pub n_agreeing: usize,
+    /// Held-out examples.
     pub n_valid: usize,
 }
 
@@ -200,217 +226,327 @@ pub fn read_examples(path: &Path) -> Result<Vec<TrainExample>, DmsError> {
     Ok(out)
 }
 
-/// An example reduced to what the MLP needs.
+/// An example reduced to raw features, per-candidate rewards and whether the gate holds.
+#[derive(Clone)]
 struct Prepared {
-    features: Vec<[f32; 6]>,
-    target: Vec<f32>,
+    x: Vec<f64>,
+    reward: Vec<f64>,
+    agrees: bool,
 }
 
-const F: usize = FEATURES.len();
-
-/// Flat parameters: `w1` (hidden x F, row-major), `b1`, `w2`, `b2`.
-struct Mlp {
-    hidden: usize,
-    p: Vec<f64>,
+/// A linear softmax policy: `coef` is candidates x features, row-major.
+struct Policy {
+    k: usize,
+    d: usize,
+    coef: Vec<f64>,
+    bias: Vec<f64>,
 }
 
-impl Mlp {
-    fn new(hidden: usize, rng: &mut SplitMix64) -> Self {
-        let mut p = vec![0.0; hidden * F + 2 * hidden + 1];
-        let mut uniform = |scale: f64| (f64::from(rng.next_f32()) * 2.0 - 1.0) * scale;
-        let a = 1.0 / (F as f64).sqrt();
-        let b = 1.0 / (hidden as f64).sqrt();
-        for x in &mut p[..hidden * F] {
-            *x = uniform(a);
-        }
-        for x in &mut p[hidden * F + hidden..hidden * F + 2 * hidden] {
-            *x = uniform(b);
-        }
-        Self { hidden, p }
+impl Policy {
+    fn logits(&self, x: &[f64]) -> Vec<f64> {
+        (0..self.k)
+            .map(|k| {
+                let row = &self.coef[k * self.d..(k + 1) * self.d];
+                self.bias[k] + row.iter().zip(x).map(|(c, v)| c * v).sum::<f64>()
+            })
+            .collect()
     }
 
-    /// Mean cross-entropy over `data`; adds the gradient of that mean to `grad` if given.
-    fn loss(&self, data: &[Prepared], mut grad: Option<&mut [f64]>) -> f64 {
-        let h = self.hidden;
-        let (w1, rest) = self.p.split_at(h * F);
-        let (b1, rest) = rest.split_at(h);
-        let (w2, _) = rest.split_at(h);
+    /// Full-batch gradient ascent on the mean expected reward minus `l2 / 2 * |coef|^2`, over
+    /// the examples the gate leaves to the policy.
+    fn fit(data: &[Prepared], k: usize, d: usize, l2: f64, config: &TrainConfig) -> Self {
+        let data: Vec<&Prepared> = data.iter().filter(|p| !p.agrees).collect();
+        let mut p = Policy {
+            k,
+            d,
+            coef: vec![0.0; k * d],
+            bias: vec![0.0; k],
+        };
         let n = data.len().max(1) as f64;
-        let mut total = 0.0;
-        let mut acts = vec![0.0f64; h];
-        for ex in data {
-            let mut hid: Vec<Vec<f64>> = Vec::with_capacity(ex.features.len());
-            let mut scores = Vec::with_capacity(ex.features.len());
-            for x in &ex.features {
-                for j in 0..h {
-                    let a: f64 = (0..F).map(|k| w1[j * F + k] * f64::from(x[k])).sum();
-                    acts[j] = (a + b1[j]).tanh();
-                }
-                scores.push(acts.iter().zip(w2).map(|(a, w)| a * w).sum::<f64>());
-                hid.push(acts.clone());
-            }
-            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let lse = max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
-            for (s, t) in scores.iter().zip(&ex.target) {
-                total -= f64::from(*t) * (s - lse);
-            }
-            let Some(g) = grad.as_deref_mut() else {
-                continue;
-            };
-            for ((x, hm), (s, t)) in ex
-                .features
-                .iter()
-                .zip(&hid)
-                .zip(scores.iter().zip(&ex.target))
-            {
-                // dL/dscore_m = q_m - t_m (targets sum to 1), averaged over examples.
-                let ds = ((s - lse).exp() - f64::from(*t)) / n;
-                g[h * F + 2 * h] += ds;
-                for j in 0..h {
-                    g[h * F + h + j] += ds * hm[j];
-                    let da = ds * w2[j] * (1.0 - hm[j] * hm[j]);
-                    g[h * F + j] += da;
-                    for k in 0..F {
-                        g[j * F + k] += da * f64::from(x[k]);
+        let lr = f64::from(config.lr);
+        let (mut g_coef, mut g_bias) = (vec![0.0; k * d], vec![0.0; k]);
+        for _ in 0..config.epochs {
+            g_coef.iter_mut().for_each(|g| *g = 0.0);
+            g_bias.iter_mut().for_each(|g| *g = 0.0);
+            for ex in &data {
+                let probs = softmax(&p.logits(&ex.x));
+                let expected: f64 = probs.iter().zip(&ex.reward).map(|(a, b)| a * b).sum();
+                for j in 0..k {
+                    let dz = probs[j] * (ex.reward[j] - expected) / n;
+                    g_bias[j] += dz;
+                    for (g, v) in g_coef[j * d..(j + 1) * d].iter_mut().zip(&ex.x) {
+                        *g += dz * v;
                     }
                 }
             }
+            for (c, g) in p.coef.iter_mut().zip(&g_coef) {
+                *c += lr * (g - l2 * *c);
+            }
+            for (b, g) in p.bias.iter_mut().zip(&g_bias) {
+                *b += lr * g;
+            }
         }
-        total / n
+        p
     }
 
-    fn into_scheduler(self) -> LearnedScheduler {
-        let h = self.hidden;
-        let mut l = LearnedScheduler::zeros("learned", h);
-        let f = |x: &f64| *x as f32;
-        l.w1 = self.p[..h * F]
-            .chunks(F)
-            .map(|r| r.iter().map(f).collect())
+    /// Mean reward of the candidate the scheduler picks: `one` (plain fusion) where the gate
+    /// holds, else the highest logit's.
+    fn picked_reward(&self, data: &[Prepared], one: usize) -> f64 {
+        let total: f64 = data
+            .iter()
+            .map(|ex| match ex.agrees {
+                true => ex.reward[one],
+                false => ex.reward[argmax(&self.logits(&ex.x))],
+            })
+            .sum();
+        total / data.len().max(1) as f64
+    }
+}
+
+fn softmax(z: &[f64]) -> Vec<f64> {
+    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// Index of the first largest value.
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Image weights rounded to this step are one candidate.
+const CANDIDATE_STEP: f64 = 1e-4;
+
+fn candidate_key(w: f32) -> i64 {
+    (f64::from(w) / CANDIDATE_STEP).round() as i64
+}
+
+/// The features every example provides (sorted), keeping only those that vary.
+fn common_features(examples: &[&TrainExample]) -> Vec<String> {
+    let mut common: Option<BTreeSet<String>> = None;
+    for ex in examples {
+        let have: BTreeSet<String> = available_features(&ex.signals, 0)
+            .into_iter()
+            .filter(|f| pair_feature(&ex.signals, 0, f).is_some())
             .collect();
-        l.b1 = self.p[h * F..h * F + h].iter().map(f).collect();
-        l.w2 = self.p[h * F + h..h * F + 2 * h].iter().map(f).collect();
-        l.b2 = self.p[h * F + 2 * h] as f32;
-        l
+        common = Some(match common {
+            None => have,
+            Some(c) => c.intersection(&have).cloned().collect(),
+        });
     }
+    common.unwrap_or_default().into_iter().collect()
 }
 
-/// Mean cross-entropy of `scheduler`'s softmax (at temperature 1) against the examples'
-/// targets.
-pub fn evaluate_loss(
-    scheduler: &LearnedScheduler,
-    examples: &[TrainExample],
-    config: &TrainConfig,
-) -> f32 {
-    let n = examples.len().max(1) as f64;
-    let total: f64 = examples
-        .iter()
-        .map(|ex| {
-            let logq = super::log_softmax(&scheduler.scores(&ex.signals));
-            let t = ex.target(config);
-            -t.iter()
-                .zip(&logq)
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                .sum::<f64>()
-        })
-        .sum();
-    (total / n) as f32
-}
-
-/// Trains a [`LearnedScheduler`] (named `learned`, tau 1, bounds 0.2..2.0; the caller renames
-/// it and fills `trained.command`). `progress`, if given, gets one tick per epoch; the caller
-/// finishes it.
+/// Trains a [`LearnedScheduler`] (named `learned`, bounds 0..2; the caller renames it and
+/// fills `trained`). `progress`, if given, gets one tick per fit; the caller finishes it.
 pub fn train(
     examples: &[TrainExample],
     config: &TrainConfig,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<(LearnedScheduler, TrainReport), DmsError> {
     config.validate()?;
-    if examples.is_empty() {
-        return Err(DmsError::Train("no examples".into()));
-    }
     for (i, ex) in examples.iter().enumerate() {
         ex.validate()
             .map_err(|e| DmsError::Train(format!("example {i}: {e}")))?;
     }
-    // Split by example index with the seed.
-    let n = examples.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix64::new(config.seed);
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
+    let used: Vec<&TrainExample> = examples
+        .iter()
+        .filter(|e| e.signals.images.len() == 1)
+        .collect();
+    if used.is_empty() {
+        return Err(DmsError::Train("no example with exactly one image".into()));
     }
-    let mut n_valid = (n as f32 * config.valid_fraction).round() as usize;
-    if config.valid_fraction > 0.0 && n >= 2 {
-        n_valid = n_valid.clamp(1, n - 1);
-    } else {
-        n_valid = 0;
+    let candidates: Vec<f32> = used
+        .iter()
+        .flat_map(|e| e.grid.iter().map(|g| candidate_key(g.weights[0])))
+        .collect::<BTreeSet<i64>>()
+        .into_iter()
+        .map(|k| (k as f64 * CANDIDATE_STEP) as f32)
+        .filter(|w| (0.0..=2.0).contains(w))
+        .collect();
+    if candidates.len() < 2 {
+        return Err(DmsError::Train(
+            "the grids need at least two image weights in [0, 2]".into(),
+        ));
     }
-    let prepare = |idx: &[usize]| -> Vec<Prepared> {
-        let mut idx = idx.to_vec();
-        idx.sort_unstable();
-        idx.iter()
-            .map(|&i| Prepared {
-                features: LearnedScheduler::feature_vectors(&examples[i].signals),
-                target: examples[i].target(config),
+    let gate = config.agree_feature.clone().filter(|f| {
+        used.iter()
+            .all(|e| pair_feature(&e.signals, 0, f).is_some())
+    });
+    let features = match &config.features {
+        Some(f) => f.clone(),
+        None => {
+            let mut all = common_features(&used);
+            all.retain(|f| Some(f) != gate.as_ref());
+            all
+        }
+    };
+    let raw = |ex: &TrainExample| -> Result<Vec<f64>, DmsError> {
+        features
+            .iter()
+            .map(|f| {
+                pair_feature(&ex.signals, 0, f)
+                    .map(f64::from)
+                    .ok_or_else(|| {
+                        DmsError::Train(format!("feature \"{f}\" is missing from an example"))
+                    })
             })
             .collect()
     };
-    let valid = prepare(&order[..n_valid]);
-    let train_set = prepare(&order[n_valid..]);
-
-    let mut init_rng = SplitMix64::new(config.seed ^ 0x5EED_D175_0000_0001);
-    let mut mlp = Mlp::new(config.hidden, &mut init_rng);
-    let initial = mlp.loss(&train_set, None);
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-    let lr = f64::from(config.lr);
-    let mut m = vec![0.0f64; mlp.p.len()];
-    let mut v = vec![0.0f64; mlp.p.len()];
-    let mut grad = vec![0.0f64; mlp.p.len()];
-    if let Some(pb) = progress {
-        pb.set_length(config.epochs as u64);
-    }
-    for epoch in 1..=config.epochs {
-        grad.iter_mut().for_each(|g| *g = 0.0);
-        let loss = mlp.loss(&train_set, Some(&mut grad));
-        let (c1, c2) = (1.0 - b1.powi(epoch as i32), 1.0 - b2.powi(epoch as i32));
-        for i in 0..mlp.p.len() {
-            m[i] = b1 * m[i] + (1.0 - b1) * grad[i];
-            v[i] = b2 * v[i] + (1.0 - b2) * grad[i] * grad[i];
-            mlp.p[i] -= lr * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
+    let mut prepared = Vec::with_capacity(used.len());
+    for ex in &used {
+        let mut reward = vec![0.0; candidates.len()];
+        for (g, r) in ex.grid.iter().zip(ex.rewards(config)) {
+            if let Some(k) = candidates
+                .iter()
+                .position(|&c| candidate_key(c) == candidate_key(g.weights[0]))
+            {
+                reward[k] += r;
+            }
         }
-        if let Some(pb) = progress {
-            pb.inc(1);
-            if epoch % 50 == 0 || epoch == config.epochs {
-                pb.set_message(format!("loss {loss:.4}"));
+        let agrees = gate
+            .as_deref()
+            .and_then(|f| pair_feature(&ex.signals, 0, f))
+            .is_some_and(|v| v >= 0.5);
+        prepared.push(Prepared {
+            x: raw(ex)?,
+            reward,
+            agrees,
+        });
+    }
+    // Standardise, dropping features that do not vary.
+    let n = prepared.len() as f64;
+    let mean: Vec<f64> = (0..features.len())
+        .map(|j| prepared.iter().map(|p| p.x[j]).sum::<f64>() / n)
+        .collect();
+    let sd: Vec<f64> = (0..features.len())
+        .map(|j| {
+            (prepared
+                .iter()
+                .map(|p| (p.x[j] - mean[j]).powi(2))
+                .sum::<f64>()
+                / n)
+                .sqrt()
+        })
+        .collect();
+    let keep: Vec<usize> = (0..features.len()).filter(|&j| sd[j] > 1e-6).collect();
+    if keep.is_empty() {
+        return Err(DmsError::Train(
+            "no feature varies across the examples".into(),
+        ));
+    }
+    for p in &mut prepared {
+        p.x = keep.iter().map(|&j| (p.x[j] - mean[j]) / sd[j]).collect();
+    }
+    let (k, d) = (candidates.len(), keep.len());
+
+    // Split by group.
+    let groups: Vec<u64> = used
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.group.unwrap_or(u64::MAX - i as u64))
+        .collect();
+    let mut distinct: Vec<u64> = groups
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut rng = SplitMix64::new(config.seed);
+    for i in (1..distinct.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        distinct.swap(i, j);
+    }
+    let n_groups = distinct.len();
+    let mut n_valid_groups = (n_groups as f32 * config.valid_fraction).round() as usize;
+    if config.valid_fraction > 0.0 && n_groups >= 2 {
+        n_valid_groups = n_valid_groups.clamp(1, n_groups - 1);
+    } else {
+        n_valid_groups = 0;
+    }
+    let held: BTreeSet<u64> = distinct[..n_valid_groups].iter().copied().collect();
+    let (mut train_set, mut valid) = (Vec::new(), Vec::new());
+    for (p, g) in prepared.iter().zip(&groups) {
+        if held.contains(g) {
+            valid.push(p.clone());
+        } else {
+            train_set.push(p.clone());
+        }
+    }
+
+    let one = candidates
+        .iter()
+        .enumerate()
+        .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
+        .map_or(0, |(i, _)| i);
+    let uniform = |data: &[Prepared]| {
+        data.iter().map(|p| p.reward[one]).sum::<f64>() / data.len().max(1) as f64
+    };
+    if let Some(pb) = progress {
+        pb.set_length(if valid.is_empty() {
+            1
+        } else {
+            L2S.len() as u64 + 1
+        });
+    }
+    let mut best = (f64::NEG_INFINITY, L2S[0]);
+    if !valid.is_empty() {
+        for l2 in L2S {
+            let r = Policy::fit(&train_set, k, d, l2, config).picked_reward(&valid, one);
+            if r > best.0 {
+                best = (r, l2);
+            }
+            if let Some(pb) = progress {
+                pb.inc(1);
             }
         }
     }
-    let train_loss = mlp.loss(&train_set, None) as f32;
-    let valid_loss = if valid.is_empty() {
-        train_loss
+    let policy = Policy::fit(&prepared, k, d, best.1, config);
+    if let Some(pb) = progress {
+        pb.inc(1);
+    }
+    let train_reward = policy.picked_reward(&prepared, one) as f32;
+    let valid_reward = if valid.is_empty() {
+        train_reward
     } else {
-        mlp.loss(&valid, None) as f32
+        best.0 as f32
     };
-    if !train_loss.is_finite() || !valid_loss.is_finite() {
+    if !policy
+        .coef
+        .iter()
+        .chain(&policy.bias)
+        .all(|v| v.is_finite())
+    {
         return Err(DmsError::Train(
-            "training diverged (non-finite loss)".into(),
+            "training diverged (non-finite parameters)".into(),
         ));
     }
-    let mut scheduler = mlp.into_scheduler();
-    scheduler.trained = Some(TrainedInfo {
-        command: String::new(),
-        examples: n,
-        train_loss,
-        valid_loss,
-        seed: config.seed,
-        model: None,
-    });
+    let names: Vec<String> = keep.iter().map(|&j| features[j].clone()).collect();
+    let mut scheduler = LearnedScheduler::uniform("learned", &names, &candidates);
+    scheduler.mean = keep.iter().map(|&j| mean[j] as f32).collect();
+    scheduler.scale = keep.iter().map(|&j| sd[j] as f32).collect();
+    scheduler.coef = policy
+        .coef
+        .chunks(d)
+        .map(|r| r.iter().map(|v| *v as f32).collect())
+        .collect();
+    scheduler.bias = policy.bias.iter().map(|v| *v as f32).collect();
+    scheduler.agree_feature = gate;
     let report = TrainReport {
-        train_loss,
-        valid_loss,
-        initial_train_loss: initial as f32,
-        n_train: train_set.len(),
+        train_reward,
+        valid_reward,
+        valid_reward_uniform: uniform(if valid.is_empty() { &prepared } else { &valid }) as f32,
+        l2: best.1,
+        n_used: used.len(),
+        n_skipped: examples.len() - used.len(),
+        n_agreeing: prepared.iter().filter(|p| p.agrees).count(),
         n_valid: valid.len(),
     };
     Ok((scheduler, report))

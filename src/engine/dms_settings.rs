@@ -95,6 +95,29 @@ pub struct SignalVariants {
     pub text_answer: String,
 }
 
+impl SignalVariants {
+    /// The variants of image `i` and the text as one map: `image.<name>`, `text.<name>` and
+    /// `consistency.<name>` (answer positions left out): the keys of [`Signals::variants`]
+    /// and of `eval` records. Empty if there is no image `i`.
+    pub fn pair(&self, i: usize) -> BTreeMap<String, f32> {
+        let mut out = BTreeMap::new();
+        let Some(image) = self.images.get(i) else {
+            return out;
+        };
+        for (k, x) in image {
+            match k.strip_prefix("consistency.") {
+                Some(c) => out.insert(format!("consistency.{c}"), *x),
+                None => out.insert(format!("image.{k}"), *x),
+            };
+        }
+        for (k, x) in &self.text {
+            out.insert(format!("text.{k}"), *x);
+        }
+        out.retain(|k, _| !k.ends_with("answer_position"));
+        out
+    }
+}
+
 /// Per-request DMS settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DmsSettings {
@@ -187,7 +210,8 @@ pub struct DmsReport {
     /// The applied weights (images in order, then text).
     pub weights: ModalityWeights,
     /// The measured signals (absent for `off` and `fixed`, and when there is nothing to weigh:
-    /// no image or no evidence).
+    /// no image or no evidence), without their per-image variants, which are in `variants`
+    /// ([`DmsReport::scheduler_signals`] puts them back).
     pub signals: Option<Signals>,
     /// Every variant of the measured signals and the unimodal answers (with `signals`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -206,4 +230,15 @@ pub struct DmsReport {
     /// ([`super::GenerateRequest::measure_mwc`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mwc: Option<f32>,
+}
+
+impl DmsReport {
+    /// The signals exactly as the scheduler saw them: `signals` with each image's variants.
+    pub fn scheduler_signals(&self) -> Option<Signals> {
+        let mut signals = self.signals.clone()?;
+        if let Some(v) = &self.variants {
+            signals.variants = (0..v.images.len()).map(|i| v.pair(i)).collect();
+        }
+        Some(signals)
+    }
 }

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dms::{
-    apply_row_keyed_dropout, confidence, cosine_consistency, js_consistency, mean_pool,
-    mutual_information, top2_probabilities, top_k_share, ModalitySignals, Registry, Scheduler,
-    Signals,
+    answer_agreement, apply_row_keyed_dropout, confidence, cosine_consistency, js_consistency,
+    mean_pool, mutual_information, top2_probabilities, top_k_share, ModalitySignals, Registry,
+    Scheduler, Signals,
 };
 use crate::llama::{ChunkKind, Token};
 
@@ -270,6 +270,10 @@ impl Runtime<'_> {
             v.insert("consistency.js".into(), js);
             v.insert("consistency.hidden".into(), hidden);
             v.insert("consistency.input".into(), input);
+            v.insert(
+                "consistency.answer".into(),
+                answer_agreement(&m.answer, &text.answer),
+            );
             variants.images.push(v);
             variants.image_answers.push(m.answer.clone());
             images.push(m.signals(settings));
@@ -286,6 +290,9 @@ impl Runtime<'_> {
             text: text.signals(settings),
             consistency,
             image_missing: false,
+            variants: (0..variants.images.len())
+                .map(|i| variants.pair(i))
+                .collect(),
         };
         let measured = Measured {
             hidden: hidden_cons,
@@ -513,6 +520,9 @@ fn conclude(
     timings.scheduler_ms = ms(t);
     timings.total_ms = ms(start);
     let hits = measured.as_ref().map_or(0, |m| m.hits);
+    // The variants travel once, in `variants`.
+    let mut signals = signals;
+    signals.variants.clear();
     let (hidden, input, variants) = match measured {
         Some(m) => (Some(m.hidden), Some(m.input), Some(m.variants)),
         None => (None, None, None),

@@ -6,12 +6,14 @@
 //! scaled embedding rows (weight not 1), and image chunks keyed by the image's pixels and the
 //! weight applied to them. Two prompts share KV exactly as far as their units agree. Projected
 //! image rows come from a bounded LRU keyed by the image's pixels, so an image seen again is not
-//! encoded again even when its KV is gone.
+//! encoded again even when its KV is gone. Evidence whose weight is below
+//! [`LEAVE_OUT_BELOW`](crate::dms::LEAVE_OUT_BELOW) has no units: it is left out of the prompt.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
+use crate::dms::is_left_out;
 use crate::llama::{Chunk, ChunkKind, Token};
 
 use super::prompt::{Piece, Prompt};
@@ -67,7 +69,9 @@ pub fn prompt_units(prompt: &Prompt, weights: &ModalityWeights) -> Vec<Unit> {
         match piece {
             Piece::Text { tokens, evidence } => {
                 let w = if *evidence { weights.text } else { 1.0 };
-                units.extend(tokens.iter().map(|&t| text_unit(t, w)));
+                if !is_left_out(w) {
+                    units.extend(tokens.iter().map(|&t| text_unit(t, w)));
+                }
             }
             Piece::Image { index, chunks } => {
                 let w = weights.images.get(*index).copied().unwrap_or(1.0);
@@ -158,12 +162,12 @@ impl Runtime<'_> {
         }
         for piece in &prompt.pieces {
             match piece {
-                Piece::Text { tokens, evidence } => take_text(
-                    &mut pending,
-                    &mut cursor,
-                    tokens,
-                    if *evidence { weights.text } else { 1.0 },
-                ),
+                Piece::Text { tokens, evidence } => {
+                    let w = if *evidence { weights.text } else { 1.0 };
+                    if !is_left_out(w) {
+                        take_text(&mut pending, &mut cursor, tokens, w);
+                    }
+                }
                 Piece::Image { index, chunks } => {
                     let mut ordinal = 0;
                     for chunk in chunks.iter() {

@@ -64,7 +64,7 @@ fn scored_grid(
         complete(engine, r)
     };
     let (_, measured) = score(measure, false)?;
-    let Some(signals) = measured.dms.signals.clone() else {
+    let Some(signals) = measured.dms.scheduler_signals() else {
         // No evidence: nothing was measured, nothing to learn from.
         return Ok(None);
     };
@@ -81,5 +81,9 @@ fn scored_grid(
             mwc: done.dms.mwc.unwrap_or(0.0),
         });
     }
-    Ok(Some(TrainExample { signals, grid }))
+    Ok(Some(TrainExample {
+        signals,
+        grid,
+        group: None,
+    }))
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::dms::{ModalityWeights, Registry};
 use crate::engine::{
     pick_scheduler, ContentPart, DmsMode, DmsSettings, Done, EngineError, EngineHandle,
-    GenerateRequest, Message, Role, SignalVariants, TokenLogprob, MEASURED_WEIGHT_STEP,
+    GenerateRequest, Message, Role, TokenLogprob, MEASURED_WEIGHT_STEP,
 };
 use crate::llama::SamplerParams;
 
@@ -29,6 +29,8 @@ pub struct TrustRun {
     pub mwc: bool,
     /// Image weights of the grid (the text gets `2 - w`); [`GRID_WEIGHTS`] by default.
     pub grid: Vec<f32>,
+    /// Grid weights to answer again in records kept from an earlier run (see [`regrid`]).
+    pub regrid: Vec<f32>,
 }
 
 impl Default for TrustRun {
@@ -39,6 +41,7 @@ impl Default for TrustRun {
             measure: DmsSettings::mode(DmsMode::Rule),
             mwc: false,
             grid: GRID_WEIGHTS.to_vec(),
+            regrid: Vec::new(),
         }
     }
 }
@@ -110,13 +113,18 @@ pub fn trust_record(
     let mut record = TrustRecord {
         item: item.id,
         seed: item.seed,
+        suite_seed: Some(item.suite_seed),
         condition: item.condition.name.to_string(),
         group: item.condition.group.to_string(),
         truth: item.truth.to_string(),
         other: item.other.to_string(),
         image_reliable: item.image_reliable,
         text_reliable: item.text_reliable,
-        signals: done.dms.signals.clone(),
+        // The variants are kept once, in `variants` (see `TrustRecord::scheduler_signals`).
+        signals: done.dms.signals.clone().map(|mut s| {
+            s.variants.clear();
+            s
+        }),
         variants: BTreeMap::new(),
         image_alone: None,
         text_alone: None,
@@ -124,7 +132,7 @@ pub fn trust_record(
         modes: Vec::new(),
     };
     if let Some(v) = &done.dms.variants {
-        record.variants = flat_variants(v);
+        record.variants = v.pair(0);
         let score = |a: &str| Scored::new(a, item.truth, None);
         record.image_alone = v.image_answers.first().map(|a| score(a));
         record.text_alone = Some(score(&v.text_answer));
@@ -182,7 +190,7 @@ pub fn add_replayed_modes(
         if record.mode(name).is_some() {
             continue;
         }
-        let weights = match (pick_scheduler(registry, dms)?, &record.signals) {
+        let weights = match (pick_scheduler(registry, dms)?, &record.scheduler_signals()) {
             (None, _) => ModalityWeights::uniform(1),
             (Some(s), Some(signals)) if s.needs_signals() => s
                 .weights(signals)
@@ -215,6 +223,43 @@ pub fn add_replayed_modes(
     Ok(added)
 }
 
+/// Answers the grid points at the image weights `run.regrid` of `record` again (after a change in how
+/// the engine applies weights, such as leaving a modality out near 0), replacing or adding
+/// them, and drops every mode answer given at one of those weights so that `--resume` replays
+/// it. Returns whether anything changed.
+pub fn regrid(
+    engine: &EngineHandle,
+    item: &TrustItem,
+    record: &mut TrustRecord,
+    run: &TrustRun,
+) -> Result<bool, EngineError> {
+    for &w in &run.regrid {
+        let fixed = ModalityWeights {
+            images: vec![w],
+            text: 2.0 - w,
+        };
+        let mut r = trust_request(item, &DmsSettings::fixed(fixed), run.max_tokens);
+        r.measure_mwc = run.mwc;
+        let (text, logprobs, done) = complete_with_logprobs(engine, r)?;
+        let answer = GridAnswer {
+            image_weight: w,
+            scored: Scored::new(text, item.truth, colour_log_odds(&logprobs, item.truth)),
+            mwc: done.dms.mwc,
+        };
+        match record.grid.iter_mut().find(|g| g.image_weight == w) {
+            Some(g) => *g = answer,
+            None => record.grid.push(answer),
+        }
+        record
+            .modes
+            .retain(|m| m.mode == "off" || (m.weights.images.first() != Some(&w)));
+    }
+    record
+        .grid
+        .sort_by(|a, b| a.image_weight.total_cmp(&b.image_weight));
+    Ok(!run.regrid.is_empty())
+}
+
 fn mode_answer(name: &str, scored: Scored, done: &Done) -> ModeAnswer {
     ModeAnswer {
         mode: name.to_string(),
@@ -222,25 +267,6 @@ fn mode_answer(name: &str, scored: Scored, done: &Done) -> ModeAnswer {
         scored,
         dms_ms: done.dms.timings_ms.total_ms,
     }
-}
-
-/// The variants of the first image and the text as one map: `image.<name>`, `text.<name>`
-/// and `consistency.<name>`.
-pub fn flat_variants(v: &SignalVariants) -> BTreeMap<String, f32> {
-    let mut out = BTreeMap::new();
-    if let Some(image) = v.images.first() {
-        for (k, x) in image {
-            match k.strip_prefix("consistency.") {
-                Some(c) => out.insert(format!("consistency.{c}"), *x),
-                None => out.insert(format!("image.{k}"), *x),
-            };
-        }
-    }
-    for (k, x) in &v.text {
-        out.insert(format!("text.{k}"), *x);
-    }
-    out.retain(|k, _| !k.ends_with("answer_position"));
-    out
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ fn signals() -> impl Strategy<Value = Signals> {
                 text,
                 consistency,
                 image_missing,
+                variants: Vec::new(),
             })
     })
 }
@@ -213,24 +214,30 @@ fn dms_rule_extreme_parameters() {
 
 #[test]
 fn dms_learned_extreme_parameters() {
-    let mlp = (1usize..10).prop_flat_map(|hidden| {
+    let policy = (1usize..=dms::DEFAULT_FEATURES.len(), 2usize..10).prop_flat_map(|(d, k)| {
         (
-            prop::collection::vec(prop::collection::vec(param(), dms::FEATURES.len()), hidden),
-            prop::collection::vec(param(), hidden),
-            prop::collection::vec(param(), hidden),
-            param(),
+            prop::collection::vec(prop::collection::vec(param(), d), k),
+            prop::collection::vec(param(), k),
+            prop::collection::vec(param(), d),
+            prop::collection::vec(0.01f32..1e6, d),
+            prop::collection::vec(0.0f32..=2.0, k),
             tau_bounds(),
         )
     });
     property(
         "dms_learned_extreme_parameters",
         3000,
-        (mlp, signals()),
-        |((w1, b1, w2, b2, (tau, w_min, w_max)), sig)| {
-            let mut l = LearnedScheduler::zeros("p", w1.len());
-            (l.w1, l.b1, l.w2, l.b2, l.tau, l.w_min, l.w_max) = (w1, b1, w2, b2, tau, w_min, w_max);
+        (policy, signals()),
+        |((coef, bias, mean, scale, candidates, (_, w_min, w_max)), sig)| {
+            let features: Vec<String> = dms::DEFAULT_FEATURES[..mean.len()]
+                .iter()
+                .map(|f| f.to_string())
+                .collect();
+            let mut l = LearnedScheduler::uniform("p", &features, &candidates);
+            (l.coef, l.bias, l.mean, l.scale, l.w_min, l.w_max) =
+                (coef, bias, mean, scale, w_min, w_max);
             prop_assert!(l.validate().is_ok(), "{:?}", l.validate());
-            // A valid MLP survives its own JSON round trip and schedules the same.
+            // A valid policy survives its own JSON round trip and schedules the same.
             let back = LearnedScheduler::from_json(&l.to_json())
                 .map_err(|e| TestCaseError::fail(format!("round trip: {e}")))?;
             prop_assert_eq!(&back, &l);

@@ -113,6 +113,7 @@ fn references_come_from_the_clean_items() {
         },
         consistency: vec![1.0],
         image_missing: false,
+        variants: Vec::new(),
     };
     let mut rs: Vec<TrustRecord> = items(5, "clean", with(0.6, 0.3, 0.1, 0.9), |_| true)
         .chain(items(5, "clean+hint", with(0.8, 0.1, 0.9, 0.2), |_| true))

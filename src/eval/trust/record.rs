@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dms::{ModalityWeights, Signals};
+use crate::dms::{answer_agreement, ModalityWeights, Signals};
 use crate::eval::first_colour;
 
 /// Image weights of the control grid; the text gets `2 - w`.
@@ -77,8 +77,11 @@ pub struct ModeAnswer {
 pub struct TrustRecord {
     /// Item id in the suite.
     pub item: usize,
-    /// Suite seed the item was generated from.
+    /// Seed of the item's image and texts.
     pub seed: u64,
+    /// The suite seed the item was drawn from (absent in records of earlier runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite_seed: Option<u64>,
     /// Condition name.
     pub condition: String,
     /// Condition group.
@@ -132,6 +135,23 @@ impl TrustRecord {
         })
     }
 
+    /// The recorded signals with the recorded variants attached: what a scheduler saw. Records
+    /// made before `consistency.answer` existed get it from their unimodal answers, which are
+    /// the strings it is computed from.
+    pub fn scheduler_signals(&self) -> Option<Signals> {
+        let mut signals = self.signals.clone()?;
+        if signals.variants.is_empty() && !self.variants.is_empty() {
+            let mut variants = self.variants.clone();
+            if let (Some(i), Some(t)) = (&self.image_alone, &self.text_alone) {
+                variants
+                    .entry("consistency.answer".into())
+                    .or_insert_with(|| answer_agreement(&i.answer, &t.answer));
+            }
+            signals.variants = vec![variants];
+        }
+        Some(signals)
+    }
+
     /// The answer under `mode`.
     pub fn mode(&self, mode: &str) -> Option<&ModeAnswer> {
         self.modes.iter().find(|m| m.mode == mode)
@@ -169,6 +189,7 @@ mod tests {
         TrustRecord {
             item: 3,
             seed: 9,
+            suite_seed: None,
             condition: "clean+hint".into(),
             group: "clean".into(),
             truth: "red".into(),

@@ -170,6 +170,8 @@ pub struct TrustItem {
     pub id: usize,
     /// Seed of this item's image and texts.
     pub seed: u64,
+    /// The suite seed the item was drawn from (see [`colour_trust`]).
+    pub suite_seed: u64,
     /// The condition applied.
     pub condition: TrustCondition,
     /// The expected colour word (e.g. `red`).
@@ -217,14 +219,16 @@ pub fn colour_trust(seed: u64, per_condition: usize) -> Vec<TrustItem> {
             let a = (rng.next_u64() % n) as usize;
             let b = (a + 1 + (rng.next_u64() % (n - 1)) as usize) % COLOURS.len();
             let item_seed = rng.next_u64();
-            items.push(item(
+            let mut it = item(
                 items.len(),
                 item_seed,
                 condition,
                 a,
                 b,
                 !k.is_multiple_of(2),
-            ));
+            );
+            it.suite_seed = seed;
+            items.push(it);
         }
     }
     items
@@ -281,6 +285,7 @@ fn item(
     TrustItem {
         id,
         seed,
+        suite_seed: 0,
         condition,
         truth: if conflict_swap { other } else { truth },
         other: if conflict_swap { truth } else { other },

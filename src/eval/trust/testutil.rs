@@ -42,6 +42,7 @@ pub fn record(item: usize, condition: &str) -> TrustRecord {
     TrustRecord {
         item,
         seed: 1,
+        suite_seed: Some(1),
         condition: condition.into(),
         group: group.into(),
         truth: "red".into(),
@@ -101,6 +102,7 @@ pub fn signals(c_image: f32, c_text: f32, consistency: f32) -> Signals {
         },
         consistency: vec![consistency],
         image_missing: false,
+        variants: Vec::new(),
     }
 }
 
