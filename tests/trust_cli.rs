@@ -94,7 +94,11 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
         assert_eq!(b["modes"].as_array().unwrap().len(), 2, "{b}");
     }
     let examples = common::json_lines(&grid_out);
-    assert_eq!(examples.len(), TRUST_CONDITIONS.len() - 1, "all but `clean`");
+    assert_eq!(
+        examples.len(),
+        TRUST_CONDITIONS.len() - 1,
+        "all but `clean`"
+    );
     for e in &examples {
         assert_eq!(e["group"], 3, "{e}");
         let v = &e["signals"]["variants"][0];

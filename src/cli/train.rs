@@ -11,9 +11,9 @@ use super::fail;
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Training data: one JSON object per line with `signals` and a `grid` of scored weights
-    /// (`eval --grid-out` writes it).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// (`eval --grid-out` writes it); several files, comma-separated, are read as one.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub data: Vec<PathBuf>,
     /// Output plugin file; its stem (e.g. `learned-colours`) becomes the scheduler name.
     #[arg(long)]
     pub out: PathBuf,
@@ -44,10 +44,13 @@ pub struct TrainArgs {
 
 pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
     use crate::dms::{read_examples, train, TrainConfig, TrainedInfo};
-    let examples = match read_examples(&args.data) {
-        Ok(e) => e,
-        Err(e) => return fail(2, &e.to_string()),
-    };
+    let mut examples = Vec::new();
+    for path in &args.data {
+        match read_examples(path) {
+            Ok(e) => examples.extend(e),
+            Err(e) => return fail(2, &e.to_string()),
+        }
+    }
     let config = TrainConfig {
         lambda_mwc: args.lambda_mwc,
         epochs: args.epochs,
