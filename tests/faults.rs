@@ -1,8 +1,9 @@
 //! Faults against a real `llama-dms serve` on 127.0.0.1 (tiny model, one server per case):
 //! clients that hang up mid-upload and mid-stream, slowloris headers and bodies, SIGTERM while
 //! generating past the grace period, a broken plugin file, the model file deleted after start,
-//! and worker panics (through the engine's `LLAMA_DMS_FAULT_PANIC_ON` test hook). Each case
-//! records what it expected and saw in `$CARGO_TARGET_DIR/reliability/faults.json`.
+//! and worker panics (through the engine's `LLAMA_DMS_FAULT_PANIC_ON` test hook), one of them in
+//! the middle of the DMS signal passes. Each case records what it expected and saw in
+//! `$CARGO_TARGET_DIR/reliability/faults.json`.
 //! (SIGTERM with requests that finish within the grace period: `tests/server.rs`.)
 
 mod common;
@@ -407,6 +408,61 @@ fn a_worker_panic_fails_only_its_own_request() {
     record(
         "worker panic (prompt, dms, prefill, decode stages)",
         "that request gets 500 (OpenAI error shape; a stream gets an error event), the others go on, the server keeps serving",
+        observed.join("; "),
+        pass,
+    );
+}
+
+#[test]
+fn a_panic_in_the_signal_passes_leaves_no_kv_behind() {
+    use base64::Engine as _;
+    let (_server, port) = server(&[], &[("LLAMA_DMS_FAULT_PANIC_ON", "BOOM")]);
+    let png = std::fs::read("examples/red.png").unwrap();
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    );
+    // An image, evidence and a question: the rule mode measures signals.
+    let body = |evidence: &str| {
+        json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": evidence},
+                {"type": "text", "text": "What is the main color of this image?"}]}],
+               "max_tokens": 8, "temperature": 0, "dms": {"mode": "rule"}})
+    };
+    let text_signals = |evidence: &str| {
+        let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&body(evidence)));
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, v["dms"]["signals"]["text"].clone())
+    };
+    let before = text_signals("Maybe it is blue.");
+    let (status, _) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        Some(&body("It is red. BOOM@signal-pass")),
+    );
+    let mut observed = vec![format!("panicking request: {status}")];
+    let mut pass = status == 500 && before.0 == 200 && before.1.is_object();
+    // The next requests measure signals again, in the same sequences, and measure the same (up
+    // to float noise from another batch layout); KV left behind fails them.
+    let close = |a: &Value, b: &Value| {
+        ["confidence", "uncertainty"].iter().all(|k| {
+            let (x, y) = (a[k].as_f64(), b[k].as_f64());
+            x.zip(y).is_some_and(|(x, y)| (x - y).abs() < 1e-6)
+        })
+    };
+    for _ in 0..2 {
+        let after = text_signals("Maybe it is blue.");
+        pass &= after.0 == 200 && close(&after.1, &before.1);
+        observed.push(format!(
+            "then: {} {} (before: {})",
+            after.0, after.1, before.1
+        ));
+    }
+    record(
+        "worker panic in the middle of the DMS signal passes",
+        "that request gets 500; the signal passes' KV is freed, so the next rule requests with an image succeed and measure what they measured before",
         observed.join("; "),
         pass,
     );

@@ -2,9 +2,11 @@
 //! unless `LLAMA_DMS_FAULT_PANIC_ON` is set (and non-empty) when the engine starts.
 //!
 //! With `LLAMA_DMS_FAULT_PANIC_ON=MARK`, a request whose text contains `MARK` makes the worker
-//! panic while it builds that request's prompt; `MARK@dms`, `MARK@prefill` and `MARK@decode`
-//! move the panic to the DMS stage, the prefill, or the request's second decode step. The worker
-//! must answer that request with an internal error, free its slot and go on serving.
+//! panic while it builds that request's prompt; `MARK@dms`, `MARK@signal-pass`, `MARK@prefill`
+//! and `MARK@decode` move the panic to the DMS stage, just after the first decode of parallel
+//! signal passes (the MC-dropout passes, which fill several sequences), the prefill, or the
+//! request's second decode step. The worker must answer that request with
+//! an internal error, free its slot (and the signal passes' sequences) and go on serving.
 
 use std::any::Any;
 
@@ -17,6 +19,8 @@ pub(super) enum Stage {
     Prompt,
     /// Before the DMS stage.
     Dms,
+    /// Just after the first decode of parallel DMS signal passes.
+    SignalPass,
     /// Before the prefill.
     Prefill,
     /// At the request's second batched decode step.
@@ -54,6 +58,7 @@ impl FaultHook {
         for text in texts {
             for (suffix, stage) in [
                 ("@dms", Stage::Dms),
+                ("@signal-pass", Stage::SignalPass),
                 ("@prefill", Stage::Prefill),
                 ("@decode", Stage::Decode),
             ] {

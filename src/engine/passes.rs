@@ -211,6 +211,9 @@ impl Runtime<'_> {
                     batch.push_row(row, *at, *seq, out.is_some())?;
                 }
                 self.ctx.decode(&batch)?;
+                if seqs.len() > 1 && std::mem::take(&mut self.fault_signal_pass) {
+                    panic!("injected fault at the SignalPass stage");
+                }
                 for (i, (_, _, _, out)) in block.iter().enumerate() {
                     match out {
                         Some((p, true)) => {
@@ -248,6 +251,18 @@ impl Runtime<'_> {
             outputs.extend(pass_out);
         }
         Ok(outputs)
+    }
+
+    /// Frees every signal-pass sequence and forgets the prefix the first one kept: after an
+    /// error or a panic in the middle of the passes their KV is in no known state, and left
+    /// behind it would fail every later request with an image that measures signals.
+    pub(super) fn clear_signal_passes(&mut self) {
+        let n_seq = self.ctx.params().n_seq_max as i32;
+        for seq in self.signal_seq_base..n_seq {
+            self.ctx.remove_seq(seq, -1, -1);
+        }
+        self.pass_prefix = None;
+        self.fault_signal_pass = false;
     }
 
     /// Makes the first signal sequence hold exactly `prefix`, the rows of `tokens` (reusing

@@ -70,6 +70,8 @@ pub struct Runtime<'m> {
     pub(super) embeddings: Lru<Vec<f32>>,
     /// The tokens of the pass prefix the first signal sequence holds at positions 0.., if any.
     pub(super) pass_prefix: Option<Vec<Token>>,
+    /// Fault injection (tests only): panic after the next decode of parallel signal passes.
+    pub(super) fault_signal_pass: bool,
 }
 
 impl<'m> Runtime<'m> {
@@ -101,6 +103,7 @@ impl<'m> Runtime<'m> {
             signal_seq_base: 1,
             embeddings: Lru::new(config.image_cache_bytes),
             pass_prefix: None,
+            fault_signal_pass: false,
         })
     }
 

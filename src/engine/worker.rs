@@ -258,6 +258,8 @@ fn admit(
             EngineError::Internal(msg)
         }
     };
+    // The request may have failed in the middle of the signal passes.
+    rt.clear_signal_passes();
     match place.chosen {
         Some(seq) => end_with_error(rt, seq, &job.events, error, stats, slot_units),
         None => {
@@ -306,6 +308,7 @@ fn start(
         None => Prompt::build(rt.model(), rt.mtmd(), &request.messages, &images)?,
     };
     fault::trip(job.fault, Stage::Dms);
+    rt.fault_signal_pass = job.fault == Some(Stage::SignalPass);
     let scheduler = pick_scheduler(&config.schedulers, &request.dms)?;
     if let Some(s) = &scheduler {
         warn_if_fitted_for_another(&**s, config);
@@ -337,6 +340,7 @@ fn start(
             )?
         }
     };
+    rt.fault_signal_pass = false;
     dms.evidence_tokens = prompt.n_evidence_tokens();
     if let (true, Some(unimodal)) = (request.measure_mwc, &unimodal) {
         dms.mwc = Some(rt.mwc(&prompt, unimodal, &dms.weights)?);
