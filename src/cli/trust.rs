@@ -330,14 +330,15 @@ pub fn rule_plugin_toml(rule: &crate::dms::RuleScheduler, command: &str, note: &
         "# A rule scheduler calibrated by `llama-dms calibrate` (see plugins/README.md):\n\
          #   score_m = alpha * (c_m - c_ref) - beta * (u_m - u_ref)    refs per kind (image, text)\n\
          #   w_soft  = M * softmax(score / tau); lambda = clamp(gamma * s); w = lambda + (1 - lambda) * w_soft\n\
-         #   clamped to [w_min, w_max] and renormalised to sum M.\n\
+         #   clamped to [w_min, w_max] and renormalised to sum M; with agree_gate, all 1 when the\n\
+         #   unimodal answers agree (consistency.answer).\n\
          # Command: {command}\n\
          # Fit: {note}\n\
          kind = \"rule\"\n\
          name = \"{}\"\n\
          model = \"{}\"\n\
          alpha = {}\nbeta = {}\ntau = {}\ngamma = {}\nw_min = {}\nw_max = {}\n\
-         c_ref_image = {}\nc_ref_text = {}\nu_ref_image = {}\nu_ref_text = {}\n",
+         c_ref_image = {}\nc_ref_text = {}\nu_ref_image = {}\nu_ref_text = {}\nagree_gate = {}\n",
         rule.name,
         rule.model.as_deref().unwrap_or_default(),
         rule.alpha,
@@ -350,5 +351,6 @@ pub fn rule_plugin_toml(rule: &crate::dms::RuleScheduler, command: &str, note: &
         rule.c_ref_text,
         rule.u_ref_image,
         rule.u_ref_text,
+        rule.agree_gate,
     )
 }

@@ -34,6 +34,8 @@ struct RuleFile {
     u_ref_image: f32,
     #[serde(default)]
     u_ref_text: f32,
+    #[serde(default)]
+    agree_gate: bool,
     model: Option<String>,
 }
 
@@ -176,6 +178,7 @@ pub fn parse_plugin(file: &Path, text: &str) -> Result<Arc<dyn Scheduler>, DmsEr
                 c_ref_text: f.c_ref_text,
                 u_ref_image: f.u_ref_image,
                 u_ref_text: f.u_ref_text,
+                agree_gate: f.agree_gate,
                 model: f.model,
             };
             r.validate().map_err(in_file(file))?;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::learned::pair_feature;
 use super::scheduler::{check_tau_bounds, param_error};
 use super::{
     clamp_renormalise, softmax_weights, Bounds, DmsError, ModalityWeights, Scheduler, Signals,
@@ -16,6 +17,9 @@ use super::{
 /// w       = lambda * 1 + (1 - lambda) * w_soft
 /// w       = clamp_renormalise(w, [w_min, w_max])
 /// ```
+///
+/// With `agree_gate`, a request whose every image agrees with the text by
+/// `consistency.answer` (both alone give the same answer) gets plain fusion (all 1).
 ///
 /// High consistency pulls the weights towards plain fusion (all 1); low consistency lets the
 /// more confident, less uncertain modality dominate. The references are what a clean input of
@@ -50,6 +54,10 @@ pub struct RuleScheduler {
     /// Uncertainty of clean evidence on the calibrated model.
     #[serde(default)]
     pub u_ref_text: f32,
+    /// Plain fusion when every image's unimodal answer agrees with the text's
+    /// (`consistency.answer`).
+    #[serde(default)]
+    pub agree_gate: bool,
     /// The model file the parameters were calibrated for (`None`: any).
     #[serde(default)]
     pub model: Option<String>,
@@ -73,6 +81,7 @@ impl Default for RuleScheduler {
             c_ref_text: 0.0,
             u_ref_image: 0.0,
             u_ref_text: 0.0,
+            agree_gate: false,
             model: None,
         }
     }
@@ -135,6 +144,10 @@ impl Scheduler for RuleScheduler {
 
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
         let n_images = signals.images.len();
+        let agree = |i| pair_feature(signals, i, "consistency.answer").is_some_and(|v| v >= 0.5);
+        if self.agree_gate && n_images > 0 && (0..n_images).all(agree) {
+            return Ok(ModalityWeights::uniform(n_images));
+        }
         let scores: Vec<f32> = signals
             .per_modality()
             .iter()
@@ -208,6 +221,23 @@ mod tests {
         assert!(high.images[0] > low.images[0]);
         let full = r.weights(&sig(0.1, 0.5, 0.9, 0.0, 1.0)).unwrap();
         assert_eq!(full, ModalityWeights::uniform(1));
+    }
+
+    #[test]
+    fn the_agreement_gate_keeps_agreeing_pairs_at_one() {
+        let r = RuleScheduler {
+            agree_gate: true,
+            ..RuleScheduler::default()
+        };
+        let mut s = sig(0.1, 0.6, 0.9, 0.05, 0.2);
+        assert!(
+            r.weights(&s).unwrap().images[0] < 1.0,
+            "no variant: no gate"
+        );
+        s.variants = vec![[("consistency.answer".to_string(), 1.0)].into()];
+        assert_eq!(r.weights(&s).unwrap(), ModalityWeights::uniform(1));
+        s.variants[0].insert("consistency.answer".into(), 0.0);
+        assert!(r.weights(&s).unwrap().images[0] < 1.0);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub const BETAS: [f32; 7] = [0.0, 25.0, -25.0, 100.0, -100.0, 400.0, -400.0];
 pub const GAMMAS: [f32; 5] = [0.0, 0.5, 1.0, 2.0, 4.0];
 /// Lower weight bounds tried (the upper bound is `2 - w_min`, for one image and the text).
 pub const W_MINS: [f32; 3] = [0.0, 0.25, 0.5];
+/// Agreement gates tried (see [`RuleScheduler::agree_gate`]).
+pub const GATES: [bool; 2] = [false, true];
 /// Share of clean items that must keep every weight within `1 ± 0.05`.
 pub const CLEAN_WITHIN_TARGET: f64 = 0.95;
 
@@ -45,7 +47,7 @@ pub struct Fit {
 /// A record usable for fitting: non-control, with signals of one image and a grid.
 struct Usable<'a> {
     record: &'a TrustRecord,
-    signals: &'a Signals,
+    signals: Signals,
     clean: bool,
 }
 
@@ -69,7 +71,7 @@ fn text_refs(records: &[&Usable]) -> Option<(f32, f32)> {
 fn evaluate(rule: &RuleScheduler, usable: &[Usable]) -> (usize, usize, usize, usize) {
     let (mut right, mut n, mut within, mut clean) = (0, 0, 0, 0);
     for u in usable {
-        let Ok(w) = rule.weights(u.signals) else {
+        let Ok(w) = rule.weights(&u.signals) else {
             continue;
         };
         let Some(&image) = w.images.first() else {
@@ -104,8 +106,8 @@ fn ratio(a: usize, b: usize) -> f64 {
 ///
 /// 1. the references are the medians over clean items of `record.signals`: the image's over
 ///    both clean conditions, the text's over `clean+hint` (the clean items with evidence);
-/// 2. every combination of [`ALPHAS`], [`BETAS`], [`GAMMAS`] and [`W_MINS`] (w_max = 2 - w_min)
-///    is replayed on the recorded signals; an item counts as right if the grid point nearest
+/// 2. every combination of [`ALPHAS`], [`BETAS`], [`GAMMAS`], [`W_MINS`] (w_max = 2 - w_min)
+///    and [`GATES`] is replayed on the recorded signals; an item counts as right if the grid point nearest
 ///    to the rule's image weight is;
 /// 3. the candidate with the highest accuracy over the non-control items wins among those that
 ///    keep at least 95% of clean items within `1 ± 0.05`; ties go to the smaller alpha, then
@@ -124,7 +126,7 @@ pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share:
         .iter()
         .filter(|r| in_set(r, "non-control") && !r.grid.is_empty())
         .filter_map(|r| {
-            let signals = r.signals.as_ref().filter(|s| s.images.len() == 1)?;
+            let signals = r.scheduler_signals().filter(|s| s.images.len() == 1)?;
             Some(Usable {
                 record: r,
                 signals,
@@ -163,13 +165,14 @@ pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share:
     for alpha in ALPHAS {
         for beta in BETAS {
             for gamma in GAMMAS {
-                for w_min in W_MINS {
+                for (w_min, agree_gate) in W_MINS.into_iter().flat_map(|w| GATES.map(|g| (w, g))) {
                     let rule = RuleScheduler {
                         alpha,
                         beta,
                         gamma,
                         w_min,
                         w_max: 2.0 - w_min,
+                        agree_gate,
                         ..start.clone()
                     };
                     tried += 1;

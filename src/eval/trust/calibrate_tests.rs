@@ -1,5 +1,6 @@
 use super::*;
 use crate::dms::ModalitySignals;
+use crate::eval::trust::record::Scored;
 use crate::eval::trust::testutil::{record, signals, with_grid};
 
 /// `n` records of `condition` with these signals, right on the grid iff `right(w)`.
@@ -65,9 +66,29 @@ fn the_smallest_alpha_that_separates_the_modalities_is_found() {
     assert!(fit.constraint_met);
     assert_eq!(
         fit.candidates_tried,
-        ALPHAS.len() * BETAS.len() * GAMMAS.len() * W_MINS.len()
+        ALPHAS.len() * BETAS.len() * GAMMAS.len() * W_MINS.len() * GATES.len()
     );
+    assert!(!r.agree_gate, "ties keep the gate off");
     r.validate().unwrap();
+}
+
+#[test]
+fn the_agreement_gate_is_chosen_when_clean_pairs_answer_alike() {
+    // Clean evidence measures 0.9 or 0.3 and no other signal tells it apart from wrong hints,
+    // but its unimodal answers agree with the image's ("red" and "red").
+    let mut rs: Vec<TrustRecord> = items(5, "clean+hint", signals(0.8, 0.9, 0.0), |_| true)
+        .chain(items(5, "clean+hint", signals(0.8, 0.3, 0.0), |_| true))
+        .collect();
+    for r in &mut rs {
+        r.variants.insert("image.confidence.topk".into(), 0.8);
+        r.image_alone = Some(Scored::new("It is red.", "red", None));
+        r.text_alone = Some(Scored::new("The thing is red.", "red", None));
+    }
+    rs.extend(unreliable(0.9));
+    let fit = fit_rule(&rs, &base());
+    assert!(fit.rule.agree_gate, "{:?}", fit.rule);
+    assert_eq!(fit.clean_within, 1.0);
+    assert!(fit.constraint_met);
 }
 
 #[test]
