@@ -28,7 +28,7 @@ use super::dms_settings::{
     ConsistencyVariant, DmsMode, DmsReport, DmsSettings, DmsTimings, SignalVariants,
     MAX_ANSWER_TOKENS, MAX_MC_SAMPLES,
 };
-use super::lru::Lru;
+use super::lru::{content_key, Lru};
 use super::passes::{mean_of_flagged, Body, Unimodal};
 use super::prompt::{Piece, Prompt};
 use super::runtime::Runtime;
@@ -84,7 +84,9 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-fn hash_of(parts: &[&[u8]]) -> u64 {
+/// A 64-bit seed from `parts` for an image's dropout masks (the cache key is
+/// [`content_key`]'s; the seed stays what recorded signals were measured with).
+fn seed_of(parts: &[&[u8]]) -> u64 {
     let mut h = DefaultHasher::new();
     parts.iter().for_each(|p| p.hash(&mut h));
     h.finish()
@@ -222,11 +224,12 @@ impl Runtime<'_> {
         let (mut hidden_cons, mut input_cons) = (Vec::new(), Vec::new());
         let mut hits = 0;
         for (i, image_prompt) in unimodal.images.iter().enumerate() {
-            let key = hash_of(&[
+            let parts = [
                 image_bytes[i],
                 unimodal.context_key.as_bytes(),
                 settings_key.as_bytes(),
-            ]);
+            ];
+            let key = content_key(&parts);
             let entry = match cache.0.get(key) {
                 Some(e) => {
                     hits += 1;
@@ -242,7 +245,8 @@ impl Runtime<'_> {
                         .ok_or_else(|| {
                             EngineError::Internal("image prompt without image rows".into())
                         })?;
-                    let measured = self.measure(&u, &null, settings, settings.seed ^ key)?;
+                    let measured =
+                        self.measure(&u, &null, settings, settings.seed ^ seed_of(&parts))?;
                     timings.image_passes_ms += ms(t);
                     let e = ImageEntry {
                         measured,

@@ -1,11 +1,11 @@
 //! Turning encoded image bytes (PNG, JPEG, WebP, GIF first frame, BMP) into RGB pixels, with a
 //! pixel limit checked from the header before anything is decoded.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io::Cursor;
 
 use image::{ImageFormat, ImageReader};
+
+use super::lru::{content_key, ContentKey};
 
 /// A decoded RGB8 image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +19,14 @@ pub struct RgbImage {
 }
 
 impl RgbImage {
-    /// A hash of the size and pixels (equal images, however they were encoded, hash alike).
-    pub fn content_hash(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        (self.width, self.height, &self.pixels).hash(&mut h);
-        h.finish()
+    /// The SHA-256 key of the size and pixels (equal images, however they were encoded, get
+    /// the same key).
+    pub fn content_key(&self) -> ContentKey {
+        content_key(&[
+            &self.width.to_le_bytes(),
+            &self.height.to_le_bytes(),
+            &self.pixels,
+        ])
     }
 }
 

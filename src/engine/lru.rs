@@ -1,12 +1,30 @@
-//! A small least-recently-used cache keyed by 64-bit hashes and bounded by a total cost
+//! A small least-recently-used cache keyed by SHA-256 content keys and bounded by a total cost
 //! (entries for the DMS signal cache, bytes for the image embedding cache).
 
 use std::collections::{HashMap, VecDeque};
 
-/// Entries keyed by hash; the least recently used are evicted once their costs exceed the budget.
+use sha2::{Digest, Sha256};
+
+/// The identity of content (an image's pixels, a chunk of it, a signal-cache entry): a SHA-256
+/// digest, so that two different inputs never share cached embeddings, KV or signals.
+pub type ContentKey = [u8; 32];
+
+/// The [`ContentKey`] of `parts`, each length-prefixed (so `["ab", "c"]` and `["a", "bc"]`
+/// differ).
+pub fn content_key(parts: &[&[u8]]) -> ContentKey {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// Entries by content key; the least recently used are evicted once their costs exceed the
+/// budget.
 pub struct Lru<V> {
-    entries: HashMap<u64, (V, usize)>,
-    order: VecDeque<u64>,
+    entries: HashMap<ContentKey, (V, usize)>,
+    order: VecDeque<ContentKey>,
     budget: usize,
     used: usize,
 }
@@ -23,7 +41,7 @@ impl<V> Lru<V> {
     }
 
     /// The entry for `key`, marking it as the most recently used.
-    pub fn get(&mut self, key: u64) -> Option<&V> {
+    pub fn get(&mut self, key: ContentKey) -> Option<&V> {
         if !self.entries.contains_key(&key) {
             return None;
         }
@@ -32,7 +50,7 @@ impl<V> Lru<V> {
     }
 
     /// Stores `value` under `key`; a value costing more than the whole budget is not kept.
-    pub fn put(&mut self, key: u64, value: V, cost: usize) {
+    pub fn put(&mut self, key: ContentKey, value: V, cost: usize) {
         if cost > self.budget {
             return;
         }
@@ -61,7 +79,7 @@ impl<V> Lru<V> {
         self.entries.is_empty()
     }
 
-    fn touch(&mut self, key: u64) {
+    fn touch(&mut self, key: ContentKey) {
         self.order.retain(|k| *k != key);
         self.order.push_back(key);
     }
@@ -71,31 +89,41 @@ impl<V> Lru<V> {
 mod tests {
     use super::*;
 
+    fn k(n: u8) -> ContentKey {
+        content_key(&[&[n]])
+    }
+
+    #[test]
+    fn content_keys_separate_their_parts() {
+        assert_ne!(content_key(&[b"ab", b"c"]), content_key(&[b"a", b"bc"]));
+        assert_eq!(content_key(&[b"x"]), content_key(&[b"x"]));
+    }
+
     #[test]
     fn evicts_the_least_recently_used_within_the_budget() {
         let mut lru = Lru::new(10);
-        lru.put(1, "a", 4);
-        lru.put(2, "b", 4);
-        assert_eq!(lru.get(1), Some(&"a")); // 2 is now the oldest
-        lru.put(3, "c", 4);
-        assert_eq!(lru.get(2), None);
-        assert_eq!(lru.get(1), Some(&"a"));
-        assert_eq!(lru.get(3), Some(&"c"));
+        lru.put(k(1), "a", 4);
+        lru.put(k(2), "b", 4);
+        assert_eq!(lru.get(k(1)), Some(&"a")); // 2 is now the oldest
+        lru.put(k(3), "c", 4);
+        assert_eq!(lru.get(k(2)), None);
+        assert_eq!(lru.get(k(1)), Some(&"a"));
+        assert_eq!(lru.get(k(3)), Some(&"c"));
         assert_eq!(lru.len(), 2);
     }
 
     #[test]
     fn replacing_an_entry_updates_its_cost_and_oversized_values_are_skipped() {
         let mut lru = Lru::new(10);
-        lru.put(1, 1, 8);
-        lru.put(1, 2, 2);
-        lru.put(2, 3, 8);
-        assert_eq!(lru.get(1), Some(&2));
-        assert_eq!(lru.get(2), Some(&3));
-        lru.put(3, 4, 11);
-        assert_eq!(lru.get(3), None);
+        lru.put(k(1), 1, 8);
+        lru.put(k(1), 2, 2);
+        lru.put(k(2), 3, 8);
+        assert_eq!(lru.get(k(1)), Some(&2));
+        assert_eq!(lru.get(k(2)), Some(&3));
+        lru.put(k(3), 4, 11);
+        assert_eq!(lru.get(k(3)), None);
         let mut none = Lru::new(0);
-        none.put(1, 1, 1);
+        none.put(k(1), 1, 1);
         assert!(none.is_empty());
     }
 }

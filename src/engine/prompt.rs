@@ -6,10 +6,8 @@ use crate::llama::{
     apply_chat_template, Bitmap, ChatMessage, Chunks, Model, Mtmd, PromptPart, Token,
 };
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-
 use super::image::RgbImage;
+use super::lru::{content_key, ContentKey};
 use super::split::split_message;
 use super::EngineError;
 
@@ -103,8 +101,8 @@ pub struct Prompt {
     segments: Vec<Segment>,
     user_texts: Vec<String>,
     bitmaps: Vec<Bitmap>,
-    /// A hash of each image's pixels (the key of its cached embeddings and KV).
-    image_hashes: Vec<u64>,
+    /// The SHA-256 key of each image's pixels (the key of its cached embeddings and KV).
+    image_keys: Vec<ContentKey>,
 }
 
 const TEXT_MARK: char = '\u{E000}';
@@ -217,7 +215,7 @@ impl Prompt {
             segments,
             user_texts,
             bitmaps,
-            image_hashes: images.iter().map(RgbImage::content_hash).collect(),
+            image_keys: images.iter().map(RgbImage::content_key).collect(),
         })
     }
 
@@ -239,7 +237,7 @@ impl Prompt {
             segments: vec![Segment::Template(text.to_string())],
             user_texts: Vec::new(),
             bitmaps: Vec::new(),
-            image_hashes: Vec::new(),
+            image_keys: Vec::new(),
         })
     }
 
@@ -263,10 +261,9 @@ impl Prompt {
     }
 
     /// A key for the `ordinal`-th image chunk of image `index`: equal for equal pixels.
-    pub fn image_chunk_key(&self, index: usize, ordinal: usize) -> u64 {
-        let mut h = DefaultHasher::new();
-        (self.image_hashes.get(index), ordinal).hash(&mut h);
-        h.finish()
+    pub fn image_chunk_key(&self, index: usize, ordinal: usize) -> ContentKey {
+        let image = self.image_keys.get(index).copied().unwrap_or_default();
+        content_key(&[&image, &(ordinal as u64).to_le_bytes()])
     }
 
     /// KV positions the prompt occupies.

@@ -9,13 +9,12 @@
 //! encoded again even when its KV is gone. Evidence whose weight is below
 //! [`LEAVE_OUT_BELOW`](crate::dms::LEAVE_OUT_BELOW) has no units: it is left out of the prompt.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use crate::dms::is_left_out;
 use crate::llama::{Chunk, ChunkKind, Token};
 
+use super::lru::{content_key, ContentKey};
 use super::prompt::{Piece, Prompt};
 use super::runtime::{decode_tokens, Prefill, Runtime};
 use super::{EngineError, ModalityWeights};
@@ -28,7 +27,7 @@ pub enum Unit {
     /// One user-text token decoded as its embedding row times a weight (the weight's bits).
     Scaled { token: Token, weight: u32 },
     /// One image chunk: a hash of its pixels, ordinal and weight, and the positions it uses.
-    Image { key: u64, n_pos: usize },
+    Image { key: ContentKey, n_pos: usize },
 }
 
 impl Unit {
@@ -81,10 +80,9 @@ pub fn prompt_units(prompt: &Prompt, weights: &ModalityWeights) -> Vec<Unit> {
                         units.extend(chunk.tokens().iter().map(|&t| Unit::Token(t)));
                         continue;
                     }
-                    let mut h = DefaultHasher::new();
-                    (prompt.image_chunk_key(*index, ordinal), w.to_bits()).hash(&mut h);
+                    let chunk_key = prompt.image_chunk_key(*index, ordinal);
                     units.push(Unit::Image {
-                        key: h.finish(),
+                        key: content_key(&[&chunk_key, &w.to_bits().to_le_bytes()]),
                         n_pos: chunk.n_pos(),
                     });
                     ordinal += 1;
