@@ -92,12 +92,12 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         return fail(2, &format!("cannot write {}: {e}", args.out.display()));
     }
     println!(
-        "{}: {} examples ({} held out, {} without exactly one image left out, {} gated to plain \
-         fusion by {}), {} features, {} candidate weights, l2 {}; reward of the picked weight: \
-         validation {:.3} (plain fusion {:.3}), train {:.3}",
+        "{}: {} examples ({} cross-validation folds, {} without exactly one image left out, {} \
+         gated to plain fusion by {}), {} features, {} candidate weights, l2 {}; reward of the \
+         picked weight: cross-validated {:.3} (plain fusion {:.3}), train {:.3}",
         args.out.display(),
         report.n_used,
-        report.n_valid,
+        report.n_folds,
         report.n_skipped,
         report.n_agreeing,
         scheduler.agree_feature.as_deref().unwrap_or("no gate"),

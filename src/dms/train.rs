@@ -14,10 +14,10 @@
 //!    `l2 / 2 * |coef|^2`, deterministic;
 //! 4. an example whose agreement gate holds (`consistency.answer`: both modalities alone give
 //!    the same answer) gets plain fusion from the scheduler and is left out of the fit;
-//! 5. the held-out examples are whole groups (an example's `group`, e.g. the suite seed it came
-//!    from; else each example alone), drawn with the seed; `l2` is chosen among [`L2S`] by the
-//!    held-out reward of the weight the scheduler would pick, then the policy is refitted on
-//!    every example.
+//! 5. `l2` is chosen among [`L2S`] by group k-fold cross-validation (5 folds of whole groups: an
+//!    example's `group`, e.g. the suite seed it came from, else each example alone; shuffled
+//!    with the seed), scoring the reward of the weight the scheduler would pick; then the
+//!    policy is refitted on every example.
 //!
 //! Only examples with one image are used (their grid pairs the image with the text). Input
 //! format (JSON Lines, one example per line; blank lines are skipped):
@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 use super::learned::{available_features, pair_feature};
 use super::{DmsError, LearnedScheduler, Signals, SplitMix64};
 
-/// L2 strengths tried; the one with the best held-out reward is kept.
-pub const L2S: [f64; 3] = [1e-3, 1e-2, 1e-1];
+/// L2 strengths tried; the one with the best cross-validated reward is kept.
+pub const L2S: [f64; 4] = [1e-4, 1e-3, 1e-2, 1e-1];
 
 /// One evaluated weight vector of a training example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,9 +127,9 @@ pub struct TrainConfig {
     pub lr: f32,
     /// Seed of the train/validation split (default 0).
     pub seed: u64,
-    /// Share of groups held out for validation (default 0.2; at least one group when
-    /// positive and there are two or more).
-    pub valid_fraction: f32,
+    /// Cross-validation folds over the groups (default 5; fewer when there are fewer groups,
+    /// none with one group).
+    pub folds: usize,
     /// Temperature of the softmax over grid scores (default 0.5).
     pub temperature: f32,
     /// The features to use (`None`: every feature all examples have, but the gate).
@@ -146,7 +146,7 @@ impl Default for TrainConfig {
             epochs: 2000,
             lr: 1.0,
             seed: 0,
-            valid_fraction: 0.2,
+            folds: 5,
             temperature: 0.5,
             features: None,
             agree_feature: Some("consistency.answer".into()),
@@ -166,8 +166,8 @@ impl TrainConfig {
         if !self.lr.is_finite() || self.lr <= 0.0 {
             return bad("lr must be > 0");
         }
-        if !(0.0..0.95).contains(&self.valid_fraction) {
-            return bad("valid_fraction must be in [0, 0.95)");
+        if self.folds == 0 {
+            return bad("folds must be >= 1");
         }
         if !self.temperature.is_finite() || self.temperature <= 0.0 {
             return bad("temperature must be > 0");
@@ -185,10 +185,10 @@ impl TrainConfig {
 pub struct TrainReport {
     /// On the training examples, with the final policy.
     pub train_reward: f32,
-    /// On the held-out examples, with the policy fitted without them (equals `train_reward`
-    /// when none is held out).
+    /// Cross-validated: every example scored by a policy fitted on the other folds, at the
+    /// chosen L2 strength (equals `train_reward` without folds).
     pub valid_reward: f32,
-    /// Plain fusion's (the candidate nearest image weight 1) on the held-out examples.
+    /// Plain fusion's (the candidate nearest image weight 1) on the same examples.
     pub valid_reward_uniform: f32,
     /// The L2 strength chosen.
     pub l2: f64,
@@ -198,8 +198,8 @@ pub struct TrainReport {
     pub n_skipped: usize,
     /// Used examples the agreement gate gives plain fusion (not fitted).
     pub n_agreeing: usize,
-    /// Held-out examples.
-    pub n_valid: usize,
+    /// Cross-validation folds (0: too few groups to hold any out).
+    pub n_folds: usize,
 }
 
 /// Reads a JSON Lines file of [`TrainExample`]s. Errors name the file and line.
@@ -447,7 +447,7 @@ pub fn train(
     }
     let (k, d) = (candidates.len(), keep.len());
 
-    // Split by group.
+    // Groups, shuffled with the seed.
     let groups: Vec<u64> = used
         .iter()
         .enumerate()
@@ -464,47 +464,50 @@ pub fn train(
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         distinct.swap(i, j);
     }
-    let n_groups = distinct.len();
-    let mut n_valid_groups = (n_groups as f32 * config.valid_fraction).round() as usize;
-    if config.valid_fraction > 0.0 && n_groups >= 2 {
-        n_valid_groups = n_valid_groups.clamp(1, n_groups - 1);
-    } else {
-        n_valid_groups = 0;
-    }
-    let held: BTreeSet<u64> = distinct[..n_valid_groups].iter().copied().collect();
-    let (mut train_set, mut valid) = (Vec::new(), Vec::new());
-    for (p, g) in prepared.iter().zip(&groups) {
-        if held.contains(g) {
-            valid.push(p.clone());
-        } else {
-            train_set.push(p.clone());
-        }
-    }
+    // Group k-fold: fold of each group, by its place in the shuffled order.
+    let n_folds = config.folds.min(distinct.len());
+    let fold_of: std::collections::BTreeMap<u64, usize> = distinct
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (*g, i % n_folds.max(1)))
+        .collect();
+    let folds: Vec<usize> = groups.iter().map(|g| fold_of[g]).collect();
 
     let one = candidates
         .iter()
         .enumerate()
         .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
         .map_or(0, |(i, _)| i);
-    let uniform = |data: &[Prepared]| {
-        data.iter().map(|p| p.reward[one]).sum::<f64>() / data.len().max(1) as f64
-    };
+    let uniform = prepared.iter().map(|p| p.reward[one]).sum::<f64>() / prepared.len() as f64;
+    let cross_validated = n_folds >= 2;
     if let Some(pb) = progress {
-        pb.set_length(if valid.is_empty() {
-            1
+        pb.set_length(if cross_validated {
+            (L2S.len() * n_folds) as u64 + 1
         } else {
-            L2S.len() as u64 + 1
+            1
         });
     }
-    let mut best = (f64::NEG_INFINITY, L2S[0]);
-    if !valid.is_empty() {
+    // Each L2 strength's reward on every fold, fitted on the other folds.
+    let mut best = (f64::NEG_INFINITY, L2S[1]);
+    if cross_validated {
         for l2 in L2S {
-            let r = Policy::fit(&train_set, k, d, l2, config).picked_reward(&valid, one);
+            let mut total = 0.0;
+            for f in 0..n_folds {
+                let (held, rest): (Vec<_>, Vec<_>) = prepared
+                    .iter()
+                    .zip(&folds)
+                    .partition(|(_, &fold)| fold == f);
+                let rest: Vec<Prepared> = rest.into_iter().map(|(p, _)| p.clone()).collect();
+                let held: Vec<Prepared> = held.into_iter().map(|(p, _)| p.clone()).collect();
+                let policy = Policy::fit(&rest, k, d, l2, config);
+                total += policy.picked_reward(&held, one) * held.len() as f64;
+                if let Some(pb) = progress {
+                    pb.inc(1);
+                }
+            }
+            let r = total / prepared.len() as f64;
             if r > best.0 {
                 best = (r, l2);
-            }
-            if let Some(pb) = progress {
-                pb.inc(1);
             }
         }
     }
@@ -513,10 +516,10 @@ pub fn train(
         pb.inc(1);
     }
     let train_reward = policy.picked_reward(&prepared, one) as f32;
-    let valid_reward = if valid.is_empty() {
-        train_reward
-    } else {
+    let valid_reward = if cross_validated {
         best.0 as f32
+    } else {
+        train_reward
     };
     if !policy
         .coef
@@ -542,12 +545,12 @@ pub fn train(
     let report = TrainReport {
         train_reward,
         valid_reward,
-        valid_reward_uniform: uniform(if valid.is_empty() { &prepared } else { &valid }) as f32,
+        valid_reward_uniform: uniform as f32,
         l2: best.1,
         n_used: used.len(),
         n_skipped: examples.len() - used.len(),
         n_agreeing: prepared.iter().filter(|p| p.agrees).count(),
-        n_valid: valid.len(),
+        n_folds: if cross_validated { n_folds } else { 0 },
     };
     Ok((scheduler, report))
 }

@@ -100,11 +100,11 @@ fn training_learns_the_rule_and_beats_plain_fusion() {
     };
     let pb = indicatif::ProgressBar::hidden();
     let (model, report) = train(&data, &cfg, Some(&pb)).unwrap();
-    assert_eq!(pb.position(), L2S.len() as u64 + 1);
-    // 20 groups of ten; 4 held out.
+    assert_eq!(pb.position(), (L2S.len() * 5) as u64 + 1);
+    // 20 groups of ten, 5 folds.
     assert_eq!(
-        (report.n_used, report.n_valid, report.n_skipped),
-        (200, 40, 0)
+        (report.n_used, report.n_folds, report.n_skipped),
+        (200, 5, 0)
     );
     assert!(
         report.valid_reward > report.valid_reward_uniform + 0.2,
@@ -178,13 +178,13 @@ fn bad_inputs_are_rejected() {
     bad[1].grid[0].weights.push(1.0);
     let e = train(&bad, &TrainConfig::default(), None).unwrap_err();
     assert!(e.to_string().contains("example 1"), "{e}");
-    // One group: nothing held out, validation reward = train reward.
+    // One group: no folds, the validation reward is the train reward.
     let cfg = TrainConfig {
         epochs: 20,
         ..TrainConfig::default()
     };
     let (_, r) = train(&data, &cfg, None).unwrap();
-    assert_eq!((r.n_used, r.n_valid), (3, 0));
+    assert_eq!((r.n_used, r.n_folds), (3, 0));
     assert_eq!(r.valid_reward, r.train_reward);
     // Examples without exactly one image are left out; none left is an error.
     let text_only = TrainExample {
