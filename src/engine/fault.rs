@@ -5,8 +5,8 @@
 //! panic while it builds that request's prompt; `MARK@dms`, `MARK@signal-pass`, `MARK@prefill`
 //! and `MARK@decode` move the panic to the DMS stage, just after the first decode of parallel
 //! signal passes (the MC-dropout passes, which fill several sequences), the prefill, or the
-//! request's second decode step. The worker must answer that request with
-//! an internal error, free its slot (and the signal passes' sequences) and go on serving.
+//! request's second decode step. The worker must answer that request with an internal error,
+//! free its slot (and the signal passes' sequences) and go on serving.
 
 use std::any::Any;
 
