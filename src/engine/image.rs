@@ -5,8 +5,6 @@ use std::io::Cursor;
 
 use image::{ImageFormat, ImageReader};
 
-use super::lru::{content_key, ContentKey};
-
 /// A decoded RGB8 image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -16,18 +14,6 @@ pub struct RgbImage {
     pub height: u32,
     /// Tightly packed RGB bytes, row-major.
     pub pixels: Vec<u8>,
-}
-
-impl RgbImage {
-    /// The SHA-256 key of the size and pixels (equal images, however they were encoded, get
-    /// the same key).
-    pub fn content_key(&self) -> ContentKey {
-        content_key(&[
-            &self.width.to_le_bytes(),
-            &self.height.to_le_bytes(),
-            &self.pixels,
-        ])
-    }
 }
 
 /// Why an image was refused.

@@ -105,6 +105,16 @@ pub struct Prompt {
     image_keys: Vec<ContentKey>,
 }
 
+/// The SHA-256 key of an image's size and pixels (equal images, however they were encoded, get
+/// the same key).
+fn image_key(image: &RgbImage) -> ContentKey {
+    content_key(&[
+        &image.width.to_le_bytes(),
+        &image.height.to_le_bytes(),
+        &image.pixels,
+    ])
+}
+
 const TEXT_MARK: char = '\u{E000}';
 const IMAGE_MARK: char = '\u{E001}';
 const END_MARK: char = '\u{E002}';
@@ -215,7 +225,7 @@ impl Prompt {
             segments,
             user_texts,
             bitmaps,
-            image_keys: images.iter().map(RgbImage::content_key).collect(),
+            image_keys: images.iter().map(image_key).collect(),
         })
     }
 
