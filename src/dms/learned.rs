@@ -49,7 +49,7 @@ pub struct TrainedInfo {
 /// ```text
 /// x_j     = (feature_j - mean_j) / scale_j          a missing feature counts as its mean
 /// logit_k = bias_k + coef_k . x
-/// e_i     = candidates[argmax_k logit_k]             the image's preferred pair weight
+/// e_i     = candidates[argmax_k logit_k]             the image's preferred pair weight, <= 1.99
 /// r_i     = e_i / (2 - e_i)                          its trust relative to the text
 /// w       = clamp_renormalise(M * (r_1, .., r_n, 1) / (1 + sum r), [w_min, w_max])
 /// ```
