@@ -191,10 +191,7 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         eprintln!(
             "llama-dms: default DMS mode {} (--dms auto: learned only with a learned plugin \
              trained for this model)",
-            serde_json::to_value(default_dms)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+            default_dms.name()
         );
     }
     if args.max_queue == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
@@ -467,5 +464,14 @@ mod tests {
             DefaultDmsMode::Rule.resolve(&registry, "other.gguf"),
             DmsMode::Rule
         );
+        // The start-up log names the mode as the API does.
+        for mode in [
+            DmsMode::Off,
+            DmsMode::Fixed,
+            DmsMode::Rule,
+            DmsMode::Learned,
+        ] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.name());
+        }
     }
 }

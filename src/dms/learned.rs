@@ -1,7 +1,7 @@
 //! The learned scheduler: a linear policy over candidate image weights, fitted by
 //! `train-scheduler` to scored weight grids.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,15 +96,20 @@ pub(crate) fn default_w_max() -> f32 {
 /// Largest image weight a pair may prefer (2 would leave the text nothing to be relative to).
 const MAX_PAIR_WEIGHT: f32 = 1.99;
 
+/// The index of the candidate closest to 1 (plain fusion); 0 for no candidates.
+pub(crate) fn nearest_one(candidates: &[f32]) -> usize {
+    candidates
+        .iter()
+        .enumerate()
+        .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
+        .map_or(0, |(k, _)| k)
+}
+
 impl LearnedScheduler {
     /// A scheduler whose policy always prefers the candidate closest to 1 (plain fusion), over
     /// `features` and `candidates`, with unit standardisation.
     pub fn uniform(name: &str, features: &[String], candidates: &[f32]) -> Self {
-        let one = candidates
-            .iter()
-            .enumerate()
-            .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
-            .map_or(0, |(k, _)| k);
+        let one = nearest_one(candidates);
         let mut bias = vec![0.0; candidates.len()];
         if let Some(b) = bias.get_mut(one) {
             *b = 1.0;
@@ -284,14 +289,11 @@ pub fn pair_feature(signals: &Signals, i: usize, name: &str) -> Option<f32> {
 /// Every feature name a request's signals provide for image `i`: [`DEFAULT_FEATURES`] and the
 /// measured variants, sorted and without duplicates.
 pub fn available_features(signals: &Signals, i: usize) -> Vec<String> {
-    let mut names: BTreeMap<String, ()> = DEFAULT_FEATURES
-        .iter()
-        .map(|f| (f.to_string(), ()))
-        .collect();
+    let mut names: BTreeSet<String> = DEFAULT_FEATURES.iter().map(|f| f.to_string()).collect();
     if let Some(v) = signals.variants.get(i) {
-        names.extend(v.keys().map(|k| (k.clone(), ())));
+        names.extend(v.keys().cloned());
     }
-    names.into_keys().collect()
+    names.into_iter().collect()
 }
 
 impl Scheduler for LearnedScheduler {

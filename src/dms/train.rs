@@ -40,7 +40,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::learned::{available_features, pair_feature};
+use super::learned::{available_features, nearest_one, pair_feature};
 use super::{DmsError, LearnedScheduler, Signals, SplitMix64};
 
 /// L2 strengths tried; the one with the best cross-validated reward is kept.
@@ -473,11 +473,7 @@ pub fn train(
         .collect();
     let folds: Vec<usize> = groups.iter().map(|g| fold_of[g]).collect();
 
-    let one = candidates
-        .iter()
-        .enumerate()
-        .min_by(|a, b| (a.1 - 1.0).abs().total_cmp(&(b.1 - 1.0).abs()))
-        .map_or(0, |(i, _)| i);
+    let one = nearest_one(&candidates);
     let uniform = prepared.iter().map(|p| p.reward[one]).sum::<f64>() / prepared.len() as f64;
     let cross_validated = n_folds >= 2;
     if let Some(pb) = progress {
@@ -487,20 +483,29 @@ pub fn train(
             1
         });
     }
-    // Each L2 strength's reward on every fold, fitted on the other folds.
-    let mut best = (f64::NEG_INFINITY, L2S[1]);
-    if cross_validated {
-        for l2 in L2S {
-            let mut total = 0.0;
-            for f in 0..n_folds {
+    // Each L2 strength's reward on every fold, fitted on the other folds: (held, rest) per fold.
+    let splits: Vec<(Vec<Prepared>, Vec<Prepared>)> = if cross_validated {
+        (0..n_folds)
+            .map(|f| {
                 let (held, rest): (Vec<_>, Vec<_>) = prepared
                     .iter()
                     .zip(&folds)
                     .partition(|(_, &fold)| fold == f);
-                let rest: Vec<Prepared> = rest.into_iter().map(|(p, _)| p.clone()).collect();
-                let held: Vec<Prepared> = held.into_iter().map(|(p, _)| p.clone()).collect();
-                let policy = Policy::fit(&rest, k, d, l2, config);
-                total += policy.picked_reward(&held, one) * held.len() as f64;
+                let unzip =
+                    |v: Vec<(&Prepared, _)>| v.into_iter().map(|(p, _)| p.clone()).collect();
+                (unzip(held), unzip(rest))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut best = (f64::NEG_INFINITY, L2S[1]);
+    if cross_validated {
+        for l2 in L2S {
+            let mut total = 0.0;
+            for (held, rest) in &splits {
+                let policy = Policy::fit(rest, k, d, l2, config);
+                total += policy.picked_reward(held, one) * held.len() as f64;
                 if let Some(pb) = progress {
                     pb.inc(1);
                 }

@@ -21,6 +21,18 @@ pub enum DmsMode {
     Learned,
 }
 
+impl DmsMode {
+    /// The mode's name, as requests and responses spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DmsMode::Off => "off",
+            DmsMode::Fixed => "fixed",
+            DmsMode::Rule => "rule",
+            DmsMode::Learned => "learned",
+        }
+    }
+}
+
 /// Which semantic-consistency signal feeds the scheduler (all three are always reported in
 /// [`SignalVariants`]; the default is the one that measured best, see README Results).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

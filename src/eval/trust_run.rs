@@ -120,11 +120,9 @@ pub fn trust_record(
         other: item.other.to_string(),
         image_reliable: item.image_reliable,
         text_reliable: item.text_reliable,
-        // The variants are kept once, in `variants` (see `TrustRecord::scheduler_signals`).
-        signals: done.dms.signals.clone().map(|mut s| {
-            s.variants.clear();
-            s
-        }),
+        // The report's signals carry no variants; the record keeps them once, in `variants`
+        // (see `TrustRecord::scheduler_signals`).
+        signals: done.dms.signals.clone(),
         variants: BTreeMap::new(),
         image_alone: None,
         text_alone: None,
