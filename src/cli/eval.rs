@@ -84,6 +84,10 @@ pub struct EvalArgs {
     /// those weights are replayed.
     #[arg(long, value_delimiter = ',', requires = "resume")]
     pub regrid: Vec<f32>,
+    /// `colour-trust` with `--resume`: measure the signals of the kept records again (after a
+    /// change in the signal passes), keeping their grids; scheduler modes are replayed.
+    #[arg(long, requires = "resume")]
+    pub remeasure: bool,
 }
 
 /// One unit of work: a task on an item under a mode.

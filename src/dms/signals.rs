@@ -288,6 +288,39 @@ pub fn apply_row_keyed_dropout(
     }
 }
 
+/// Token-level dropout in place: each flagged row of width `width` is zeroed with probability
+/// `rate`, independently per position (seeded by `seed` and the row's index, not its values, so
+/// that identical rows are dropped independently and a uniform image keeps its other copies).
+/// Unflagged rows are left alone; a rate of 0 (or a non-finite one) changes nothing.
+pub fn apply_token_dropout(rows: &mut [f32], width: usize, flagged: &[bool], rate: f32, seed: u64) {
+    if width == 0 || !rate.is_finite() || rate <= 0.0 {
+        return;
+    }
+    let rate = rate.min(0.95);
+    for (i, (row, &f)) in rows.chunks_exact_mut(width).zip(flagged).enumerate() {
+        let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        if f && rng.next_f32() < rate {
+            row.fill(0.0);
+        }
+    }
+}
+
+/// The share of `samples` whose most likely token differs from `reference`'s: how often a
+/// perturbation flips the answer, in `[0, 1]` (0 with no samples).
+pub fn flip_rate(reference: &[f32], samples: &[Vec<f32>]) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let top = |l: &[f32]| {
+        l.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    let r = top(reference);
+    samples.iter().filter(|s| top(s) != r).count() as f32 / samples.len() as f32
+}
+
 /// 2x2 average pooling of a `grid_w x grid_h` grid of rows (row-major, each `width` floats) into
 /// a `ceil(grid_w/2) x ceil(grid_h/2)` grid. Returns `(rows, out_w, out_h)`. Cells at an odd edge
 /// average the rows they have; rows missing from a short `rows` slice are skipped.

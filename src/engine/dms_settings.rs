@@ -139,7 +139,7 @@ pub struct DmsSettings {
     pub scheduler: Option<String>,
     /// The weights for [`DmsMode::Fixed`].
     pub weights: Option<ModalityWeights>,
-    /// Monte-Carlo dropout passes `T` per modality.
+    /// Monte-Carlo dropout passes `T` per modality and dropout family (element and token).
     pub mc_samples: usize,
     /// Dropout rate `rho` of those passes.
     pub dropout: f32,

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dms::{
-    answer_agreement, apply_row_keyed_dropout, confidence, cosine_consistency, js_consistency,
-    mean_pool, mutual_information, top2_probabilities, top_k_share, ModalitySignals, Registry,
-    Scheduler, Signals,
+    answer_agreement, apply_row_keyed_dropout, apply_token_dropout, confidence, cosine_consistency,
+    flip_rate, js_consistency, mean_pool, mutual_information, top2_probabilities, top_k_share,
+    ModalitySignals, Registry, Scheduler, Signals,
 };
 use crate::llama::{ChunkKind, Token};
 
@@ -423,33 +423,47 @@ impl Runtime<'_> {
         };
         self.rows
             .append_rows(&trace.tokens[..at], 1.0, width, &mut forced.suffix)?;
-        let bodies: Vec<Body> = (0..settings.mc_samples as u64)
-            .map(|k| {
-                let mut rows = u.body.rows.clone();
-                let mask_seed = seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                apply_row_keyed_dropout(
-                    &mut rows,
-                    width,
-                    &u.body.modality,
-                    settings.dropout,
-                    mask_seed,
-                );
-                Body {
-                    rows,
-                    modality: u.body.modality.clone(),
-                }
-            })
+        // Two dropout families in one batch of parallel passes: element dropout with the same
+        // mask for identical rows (`uncertainty`), and token dropout, whole rows zeroed
+        // independently per position (`uncertainty.token`, `uncertainty.flip`).
+        let t = settings.mc_samples as u64;
+        let mask_seed = |k: u64| seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let perturbed = |drop: &dyn Fn(&mut [f32], u64), k: u64| {
+            let mut rows = u.body.rows.clone();
+            drop(&mut rows, mask_seed(k));
+            Body {
+                rows,
+                modality: u.body.modality.clone(),
+            }
+        };
+        let flagged = &u.body.modality;
+        let element = |rows: &mut [f32], s| {
+            apply_row_keyed_dropout(rows, width, flagged, settings.dropout, s)
+        };
+        let token =
+            |rows: &mut [f32], s| apply_token_dropout(rows, width, flagged, TOKEN_DROPOUT, s);
+        let bodies: Vec<Body> = (0..t)
+            .map(|k| perturbed(&element, k))
+            .chain((t..2 * t).map(|k| perturbed(&token, k)))
             .collect();
-        let uncertainty = if bodies.is_empty() {
-            0.0
+        let (uncertainty, token, flip) = if bodies.is_empty() {
+            (0.0, 0.0, 0.0)
         } else {
             let samples: Vec<Vec<f32>> = self
                 .run_passes(&forced, &bodies, false)?
                 .into_iter()
                 .map(|o| o.logits)
                 .collect();
-            mutual_information(&samples)
+            let (element, token) = samples.split_at(t as usize);
+            let reference = &trace.logits[at];
+            (
+                mutual_information(element),
+                mutual_information(token),
+                flip_rate(reference, token),
+            )
         };
+        variants.insert("uncertainty.token".to_string(), token);
+        variants.insert("uncertainty.flip".to_string(), flip);
         variants.insert("uncertainty".to_string(), uncertainty);
         Ok(Measurement {
             variants,
@@ -468,6 +482,9 @@ struct Step {
     margin: f32,
     entropy: f32,
 }
+
+/// Share of the measured modality's rows each token-dropout pass zeroes.
+const TOKEN_DROPOUT: f32 = 0.5;
 
 /// How many of the most likely tokens `confidence.topk` renormalises over.
 const TOP_K: usize = 10;

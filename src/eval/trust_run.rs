@@ -31,6 +31,8 @@ pub struct TrustRun {
     pub grid: Vec<f32>,
     /// Grid weights to answer again in records kept from an earlier run (see [`regrid`]).
     pub regrid: Vec<f32>,
+    /// Measure the signals of records kept from an earlier run again (see [`remeasure`]).
+    pub remeasure: bool,
 }
 
 impl Default for TrustRun {
@@ -42,6 +44,7 @@ impl Default for TrustRun {
             mwc: false,
             grid: GRID_WEIGHTS.to_vec(),
             regrid: Vec::new(),
+            remeasure: false,
         }
     }
 }
@@ -120,21 +123,14 @@ pub fn trust_record(
         other: item.other.to_string(),
         image_reliable: item.image_reliable,
         text_reliable: item.text_reliable,
-        // The report's signals carry no variants; the record keeps them once, in `variants`
-        // (see `TrustRecord::scheduler_signals`).
-        signals: done.dms.signals.clone(),
+        signals: None,
         variants: BTreeMap::new(),
         image_alone: None,
         text_alone: None,
         grid: Vec::new(),
         modes: Vec::new(),
     };
-    if let Some(v) = &done.dms.variants {
-        record.variants = v.pair(0);
-        let score = |a: &str| Scored::new(a, item.truth, None);
-        record.image_alone = v.image_answers.first().map(|a| score(a));
-        record.text_alone = Some(score(&v.text_answer));
-    }
+    keep_signals(&mut record, item, &done);
     for &w in &run.grid {
         let weights = ModalityWeights {
             images: vec![w],
@@ -169,6 +165,41 @@ pub fn trust_record(
         record.modes.push(mode);
     }
     Ok(record)
+}
+
+/// Stores the signals a measuring request reported in `record`, with the unimodal answers.
+fn keep_signals(record: &mut TrustRecord, item: &TrustItem, done: &Done) {
+    // The report's signals carry no variants; the record keeps them once, in `variants`
+    // (see `TrustRecord::scheduler_signals`).
+    record.signals = done.dms.signals.clone();
+    record.variants = BTreeMap::new();
+    record.image_alone = None;
+    record.text_alone = None;
+    if let Some(v) = &done.dms.variants {
+        record.variants = v.pair(0);
+        let score = |a: &str| Scored::new(a, item.truth, None);
+        record.image_alone = v.image_answers.first().map(|a| score(a));
+        record.text_alone = Some(score(&v.text_answer));
+    }
+}
+
+/// Measures the signals of a kept `record` again (after a change in what the signal passes
+/// measure), keeping its grid, and drops its scheduler modes so that `--resume` replays them
+/// from the new signals. Does nothing unless `run.remeasure`; returns whether it measured.
+pub fn remeasure(
+    engine: &EngineHandle,
+    item: &TrustItem,
+    record: &mut TrustRecord,
+    run: &TrustRun,
+) -> Result<bool, EngineError> {
+    if !run.remeasure {
+        return Ok(false);
+    }
+    let r = trust_request(item, &run.measure, run.max_tokens);
+    let (_, _, done) = complete_with_logprobs(engine, r)?;
+    keep_signals(record, item, &done);
+    record.modes.retain(|m| m.mode == "off");
+    Ok(true)
 }
 
 /// Adds the answers of the modes of `run` that `record` lacks, replayed: each scheduler's
