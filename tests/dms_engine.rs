@@ -123,6 +123,52 @@ fn hint(colour: &str) -> String {
     format!("This is a photo of something {colour}. {QUESTION}")
 }
 
+/// The shipped, calibrated `rule-default` (with its reliability models).
+fn calibrated_rule() -> std::sync::Arc<dyn llama_dms::dms::Scheduler> {
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
+    let registry = llama_dms::dms::Registry::load_dir(&plugins).unwrap();
+    registry.get("rule-default").unwrap()
+}
+
+/// The calibrated rule's reliabilities (images, then the text) of a measured request.
+fn reliabilities(report: &DmsReport) -> Vec<f32> {
+    let signals = report.scheduler_signals().expect("signals measured");
+    calibrated_rule()
+        .reliabilities(&signals)
+        .expect("rule-default has reliability models and every variant they read")
+}
+
+/// A 64x64 image of `rgb` whose 8x8 grid of blocks has `share` of its blocks painted in
+/// other solid colours (a partly corrupted image).
+fn patched_png(rgb: [u8; 3], share: f32, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let palette = [
+        [20, 200, 20],
+        [20, 20, 220],
+        [230, 230, 30],
+        [128, 128, 128],
+        [250, 250, 250],
+    ];
+    let blocks: Vec<Option<[u8; 3]>> = (0..64)
+        .map(|_| {
+            let patched = (next() % 1000) as f32 / 1000.0 < share;
+            patched.then(|| palette[(next() % palette.len() as u64) as usize])
+        })
+        .collect();
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb(blocks[(y / 8 * 8 + x / 8) as usize].unwrap_or(rgb))
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 #[test]
 fn a_destroyed_image_gets_lower_reliability_than_a_clean_one() {
     let Some(paths) = common::demo_paths() else {
@@ -144,7 +190,10 @@ fn a_destroyed_image_gets_lower_reliability_than_a_clean_one() {
                 rule.clone(),
             ),
         );
-        let (c, d) = (clean.signals.unwrap(), destroyed.signals.unwrap());
+        let (c, d) = (
+            clean.signals.clone().unwrap(),
+            destroyed.signals.clone().unwrap(),
+        );
         eprintln!(
             "{colour}: clean {:?}\n   destroyed {:?}",
             c.images[0], d.images[0]
@@ -157,6 +206,19 @@ fn a_destroyed_image_gets_lower_reliability_than_a_clean_one() {
         );
         let sum = destroyed.weights.images[0] + destroyed.weights.text;
         assert!((sum - 2.0).abs() < 1e-4);
+        // The calibrated reliability sees it too, and a half-patched image, which the
+        // confidence alone does not reliably tell from a clean one.
+        let (_, patched) = run(
+            &engine,
+            request(patched_png(rgb, 0.5, seed), &hint(colour), rule.clone()),
+        );
+        let (rc, rd, rp) = (
+            reliabilities(&clean)[0],
+            reliabilities(&destroyed)[0],
+            reliabilities(&patched)[0],
+        );
+        eprintln!("{colour}: image reliability clean {rc} destroyed {rd} patched {rp}");
+        assert!(rd < rc && rp < rc, "{colour}: {rc} {rd} {rp}");
     }
 }
 
@@ -167,19 +229,33 @@ fn a_hedged_or_misspelt_hint_gets_lower_reliability_than_a_clean_one() {
     };
     let engine = engine(&paths, 0);
     let rule = DmsSettings::mode(DmsMode::Rule);
-    let text_confidence = |text: &str| {
+    // (confidence, calibrated reliability) of the text.
+    let text_signals = |text: &str| {
         let (_, r) = run(
             &engine,
             request(noisy_png([220, 20, 20], 8.0, 3), text, rule.clone()),
         );
-        r.signals.unwrap().text.confidence
+        (
+            r.signals.as_ref().unwrap().text.confidence,
+            reliabilities(&r)[1],
+        )
     };
-    let clean = text_confidence(&hint("blue"));
-    let hedged = text_confidence(&format!("Maybe it is blue, I am not sure. {QUESTION}"));
-    let misspelt = text_confidence(&format!("Thsi is a phtoo of somthing bleu. {QUESTION}"));
-    eprintln!("text confidence: clean {clean} hedged {hedged} misspelt {misspelt}");
-    assert!(hedged < clean, "hedged {hedged} vs clean {clean}");
-    assert!(misspelt < clean, "misspelt {misspelt} vs clean {clean}");
+    let clean = text_signals(&hint("blue"));
+    let hedged = text_signals(&format!("Maybe it is blue, I am not sure. {QUESTION}"));
+    let misspelt = text_signals(&format!("Thsi is a phtoo of somthing bleu. {QUESTION}"));
+    eprintln!(
+        "text (confidence, reliability): clean {clean:?} hedged {hedged:?} misspelt {misspelt:?}"
+    );
+    assert!(hedged.0 < clean.0, "hedged {hedged:?} vs clean {clean:?}");
+    assert!(
+        misspelt.0 < clean.0,
+        "misspelt {misspelt:?} vs clean {clean:?}"
+    );
+    assert!(hedged.1 < clean.1, "hedged {hedged:?} vs clean {clean:?}");
+    assert!(
+        misspelt.1 < clean.1,
+        "misspelt {misspelt:?} vs clean {clean:?}"
+    );
 }
 
 #[test]

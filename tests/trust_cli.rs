@@ -1,7 +1,9 @@
 //! `llama-dms eval --suite colour-trust` and `llama-dms calibrate` on the demo model: a small
 //! run writes records and a summary with every diagnostic (signal AUCs, control curve, oracle,
-//! best global weight, paired tests with CIs), `--resume` replays the modes a record lacks, and
-//! `calibrate --records` writes a rule plugin for this model that the engine loads.
+//! best global weight, paired tests with CIs, the calibrated rule's reliabilities), `--resume`
+//! replays the modes a record lacks, `--regrid` and `--remeasure` answer grid points and measure
+//! signals again, and `calibrate --records` writes a rule plugin for this model that the
+//! engine loads.
 
 mod common;
 
@@ -59,7 +61,10 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
                 "image.confidence.topk",
                 "image.confidence.shift",
                 "image.uncertainty",
+                "image.uncertainty.token",
+                "image.uncertainty.flip",
                 "text.confidence.topk",
+                "text.uncertainty.token",
                 "consistency.input",
                 "consistency.js",
             ] {
@@ -93,6 +98,27 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
         assert_eq!(b["grid"][8]["image_weight"], 2.0);
         assert_eq!(b["modes"].as_array().unwrap().len(), 2, "{b}");
     }
+    // --remeasure measures the signals again, keeps the grid and replays the modes. The same
+    // signals up to float noise between runs (the passes' shared prefix is decoded afresh or
+    // kept from the previous request): the README quotes what the held-out records moved.
+    common::succeeded(&run("off,rule", &["--resume", "--remeasure"]));
+    let remeasured = common::json_lines(&path);
+    for (a, b) in regridded.iter().zip(&remeasured) {
+        assert_eq!(a["grid"], b["grid"], "the grid is kept");
+        let (va, vb) = (a["variants"].as_object(), b["variants"].as_object());
+        assert_eq!(va.map(|v| v.len()), vb.map(|v| v.len()));
+        // (A flip rate counts passes whose top token changed: a near tie may flip one.)
+        for (k, x) in va
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !k.ends_with(".flip"))
+        {
+            let y = &vb.unwrap()[k];
+            let d = (x.as_f64().unwrap() - y.as_f64().unwrap()).abs();
+            assert!(d <= 0.06, "{k}: {x} then {y}");
+        }
+        assert_eq!(b["modes"].as_array().unwrap().len(), 2, "{b}");
+    }
     let examples = common::json_lines(&grid_out);
     assert_eq!(
         examples.len(),
@@ -120,6 +146,16 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
             "summary.{field} missing: {summary}"
         );
     }
+    // The shipped rule-default's reliabilities are reported beside the variants, and are the
+    // aims' signals.
+    let keys: Vec<&str> = summary["signal_auc"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"image.reliability") && keys.contains(&"text.reliability"));
+    assert_eq!(summary["default_image_key"], "image.reliability");
     let comparisons = summary["comparisons"].as_array().unwrap();
     assert!(comparisons.iter().any(|c| c["baseline"] == "off"));
     assert!(comparisons.iter().any(|c| c["baseline"] == "global-best"));

@@ -13,13 +13,13 @@ use clap::Args;
 use super::eval::{progress, EvalArgs};
 use super::{exit_code, fail, write_report, ModelArgs};
 use crate::dms::Registry;
-use crate::engine::{DmsSettings, EngineConfig, EngineError, EngineHandle};
+use crate::engine::{pick_scheduler, DmsSettings, EngineConfig, EngineError, EngineHandle};
 use crate::eval::parse_modes;
 use crate::eval::trust::analysis::{summarise, TrustMeta};
 use crate::eval::trust::record::{parse_jsonl, to_jsonl, TrustRecord};
 use crate::eval::trust::report::{markdown, write_plots};
 use crate::eval::trust::suite::{colour_trust, TrustItem};
-use crate::eval::trust_run::{add_replayed_modes, regrid, trust_record, TrustRun};
+use crate::eval::trust_run::{add_replayed_modes, regrid, remeasure, trust_record, TrustRun};
 
 /// The items of `seeds`, `per_condition` per condition and seed (ids unique over the seeds).
 fn items_of(seeds: &[u64], per_condition: usize) -> Vec<TrustItem> {
@@ -57,7 +57,8 @@ fn collect(
     for record in &mut records {
         if let Some(item) = by_key.get(&(record.seed, record.item)) {
             let at = |e: EngineError| (exit_code(&e), format!("item {}: {e}", item.id));
-            let regridded = regrid(engine, item, record, run).map_err(at)?;
+            let remeasured = remeasure(engine, item, record, run).map_err(at)?;
+            let regridded = regrid(engine, item, record, run).map_err(at)? || remeasured;
             let added = add_replayed_modes(engine, registry, item, record, run).map_err(at)?;
             replayed += usize::from(added || regridded);
         }
@@ -139,6 +140,7 @@ pub(super) fn eval_trust(args: &EvalArgs) -> ExitCode {
         modes,
         mwc: args.grid_out.is_some(),
         regrid: args.regrid.clone(),
+        remeasure: args.remeasure,
         ..TrustRun::default()
     };
     let items = items_of(&seeds, args.per_condition);
@@ -152,19 +154,65 @@ pub(super) fn eval_trust(args: &EvalArgs) -> ExitCode {
             return fail(1, &e);
         }
     }
+    let mut records = records;
+    let reliability_of = add_reliabilities(&registry, &run, &mut records);
+    let (default_image_key, default_text_key) = match &reliability_of {
+        Some(_) => (
+            "image.reliability".to_string(),
+            "text.reliability".to_string(),
+        ),
+        None => (
+            format!("image.{}", run.measure.confidence.key()),
+            format!("text.{}", run.measure.confidence.key()),
+        ),
+    };
+    if let Some(mode) = &reliability_of {
+        eprintln!("reliability variants are those of {mode}'s fitted models");
+    }
     let meta = TrustMeta {
         model,
         seeds,
         per_condition: args.per_condition,
         modes: args.modes.clone(),
-        default_image_key: format!("image.{}", run.measure.confidence.key()),
-        default_text_key: format!("text.{}", run.measure.confidence.key()),
+        default_image_key,
+        default_text_key,
     };
     let summary = summarise(&records, &meta);
     let md = markdown(&summary);
     let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
     let files = [("summary.json", json.as_str()), ("summary.md", md.as_str())];
     write_report(&args.out, &files, write_plots(&summary, &args.out), &md)
+}
+
+/// Adds `image.reliability` and `text.reliability` to the variants of `records` (for the
+/// report only): the fitted reliabilities of the first mode of `run` whose scheduler has
+/// reliability models. Returns that mode's name, `None` if no mode has them.
+fn add_reliabilities(
+    registry: &Registry,
+    run: &TrustRun,
+    records: &mut [TrustRecord],
+) -> Option<String> {
+    let (mode, scheduler) = run.modes.iter().find_map(|(name, dms)| {
+        let s = pick_scheduler(registry, dms).ok()??;
+        let has_models = records
+            .iter()
+            .filter_map(|r| r.scheduler_signals())
+            .any(|sig| s.reliabilities(&sig).is_some());
+        has_models.then(|| (name.clone(), s))
+    })?;
+    for r in records.iter_mut() {
+        let Some(values) = r
+            .scheduler_signals()
+            .and_then(|s| scheduler.reliabilities(&s))
+        else {
+            continue;
+        };
+        if let [image, text] = values[..] {
+            r.variants.insert("image.reliability".into(), image);
+            r.variants.insert("text.reliability".into(), text);
+        }
+    }
+    Some(mode)
 }
 
 /// Colour log-odds beyond this are clipped in training examples; an answer that names no
@@ -223,10 +271,10 @@ pub struct CalibrateArgs {
     /// Items per condition and seed.
     #[arg(long, default_value_t = 10)]
     pub per_condition: usize,
-    /// Records to fit instead of answering the suite (a `records.jsonl` of `eval --suite
-    /// colour-trust` or of an earlier calibrate run).
-    #[arg(long)]
-    pub records: Option<PathBuf>,
+    /// Records to fit instead of answering the suite (`records.jsonl` files of `eval --suite
+    /// colour-trust` or of earlier calibrate runs, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub records: Vec<PathBuf>,
     /// Where the records of this run go (kept for `--records` and `--resume`).
     #[arg(long, default_value = "results/calibrate/records.jsonl")]
     pub records_out: PathBuf,
@@ -246,6 +294,10 @@ pub struct CalibrateArgs {
     /// accuracy alone).
     #[arg(long, default_value_t = 0.95)]
     pub clean_share: f64,
+    /// Read the confidence as it is, without fitting reliability models to the records'
+    /// unimodal answers.
+    #[arg(long)]
+    pub no_reliability: bool,
 }
 
 /// `llama-dms calibrate`.
@@ -255,15 +307,8 @@ pub(super) fn calibrate(args: &CalibrateArgs) -> ExitCode {
         Err(e) => return fail(2, &e),
     };
     let model = model_file_name(&config.model);
-    let records = match &args.records {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => match parse_jsonl(&text) {
-                Ok(r) => r,
-                Err(e) => return fail(2, &format!("{}: {e}", path.display())),
-            },
-            Err(e) => return fail(2, &format!("cannot read {}: {e}", path.display())),
-        },
-        None => {
+    let records = match args.records.as_slice() {
+        [] => {
             if let Some(dir) = args.records_out.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -289,12 +334,31 @@ pub(super) fn calibrate(args: &CalibrateArgs) -> ExitCode {
                 Err((code, e)) => return fail(code, &e),
             }
         }
+        paths => {
+            let mut all = Vec::new();
+            for path in paths {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) => return fail(2, &format!("cannot read {}: {e}", path.display())),
+                };
+                match parse_jsonl(&text) {
+                    Ok(r) => all.extend(r),
+                    Err(e) => return fail(2, &format!("{}: {e}", path.display())),
+                }
+            }
+            all
+        }
     };
     let base = crate::dms::RuleScheduler {
         name: args.name.clone(),
         ..crate::dms::RuleScheduler::default()
     };
-    let fit = crate::eval::trust::calibrate::fit_rule_with(&records, &base, args.clean_share);
+    let fit = crate::eval::trust::calibrate::fit_rule_with(
+        &records,
+        &base,
+        args.clean_share,
+        !args.no_reliability,
+    );
     let mut rule = fit.rule.clone();
     rule.name = args.name.clone();
     rule.model = Some(model.clone());
@@ -331,14 +395,15 @@ pub fn rule_plugin_toml(rule: &crate::dms::RuleScheduler, command: &str, note: &
          #   score_m = alpha * (c_m - c_ref) - beta * (u_m - u_ref)    refs per kind (image, text)\n\
          #   w_soft  = M * softmax(score / tau); lambda = clamp(gamma * s); w = lambda + (1 - lambda) * w_soft\n\
          #   clamped to [w_min, w_max] and renormalised to sum M; with agree_gate, all 1 when the\n\
-         #   unimodal answers agree (consistency.answer).\n\
+         #   unimodal answers agree (consistency.answer), with sound_gate when every c_m is at\n\
+         #   least the gate; c_m is the confidence, or the reliability below when there is one.\n\
          # Command: {command}\n\
          # Fit: {note}\n\
          kind = \"rule\"\n\
          name = \"{}\"\n\
          model = \"{}\"\n\
          alpha = {}\nbeta = {}\ntau = {}\ngamma = {}\nw_min = {}\nw_max = {}\n\
-         c_ref_image = {}\nc_ref_text = {}\nu_ref_image = {}\nu_ref_text = {}\nagree_gate = {}\n",
+         c_ref_image = {}\nc_ref_text = {}\nu_ref_image = {}\nu_ref_text = {}\nagree_gate = {}\n{}",
         rule.name,
         rule.model.as_deref().unwrap_or_default(),
         rule.alpha,
@@ -352,5 +417,24 @@ pub fn rule_plugin_toml(rule: &crate::dms::RuleScheduler, command: &str, note: &
         rule.u_ref_image,
         rule.u_ref_text,
         rule.agree_gate,
+        rule.sound_gate
+            .map_or(String::new(), |g| format!("sound_gate = {g}\n")),
+    ) + reliability_toml(rule).as_str()
+}
+
+/// The `[reliability.image]` and `[reliability.text]` tables of a rule with reliability
+/// models (empty without).
+fn reliability_toml(rule: &crate::dms::RuleScheduler) -> String {
+    #[derive(serde::Serialize)]
+    struct Tables<'a> {
+        reliability: &'a crate::dms::Reliability,
+    }
+    let Some(reliability) = &rule.reliability else {
+        return String::new();
+    };
+    let tables = toml::to_string(&Tables { reliability }).unwrap_or_default();
+    format!(
+        "# c_m is the modality's reliability: sigmoid(bias + sum weights * (x - mean) / scale)\n\
+         # over the measured variants named in features, fitted to sound and degraded inputs.\n{tables}"
     )
 }

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 pub mod fixed;
 pub mod learned;
 pub mod plugins;
+pub mod reliability;
 pub mod rule;
 pub mod scheduler;
 #[cfg(feature = "script")]
@@ -41,15 +42,16 @@ mod proptests;
 pub use fixed::{FixedScheduler, OffScheduler};
 pub use learned::{LearnedScheduler, TrainedInfo, DEFAULT_FEATURES};
 pub use plugins::Registry;
+pub use reliability::{feature_value, Reliability, ReliabilityModel};
 pub use rule::RuleScheduler;
 pub use scheduler::{clamp_renormalise, softmax_weights, Bounds, Scheduler};
 #[cfg(feature = "script")]
 pub use script::ScriptScheduler;
 pub use signals::{
-    answer_agreement, answer_word, apply_dropout, apply_row_keyed_dropout, avg_pool_2x2,
-    confidence, cosine_consistency, entropy, js_consistency, l2_normalise, log_softmax, mean_pool,
-    mutual_information, mwc_loss, top2_probabilities, top_k_share, ModalitySignals, Signals,
-    SplitMix64,
+    answer_agreement, answer_word, apply_dropout, apply_row_keyed_dropout, apply_token_dropout,
+    avg_pool_2x2, confidence, cosine_consistency, entropy, flip_rate, js_consistency, l2_normalise,
+    log_softmax, mean_pool, mutual_information, mwc_loss, top2_probabilities, top_k_share,
+    ModalitySignals, Signals, SplitMix64,
 };
 pub use train::{read_examples, train, GridPoint, TrainConfig, TrainExample, TrainReport};
 

@@ -36,6 +36,8 @@ struct RuleFile {
     u_ref_text: f32,
     #[serde(default)]
     agree_gate: bool,
+    sound_gate: Option<f32>,
+    reliability: Option<super::Reliability>,
     model: Option<String>,
 }
 
@@ -179,6 +181,8 @@ pub fn parse_plugin(file: &Path, text: &str) -> Result<Arc<dyn Scheduler>, DmsEr
                 u_ref_image: f.u_ref_image,
                 u_ref_text: f.u_ref_text,
                 agree_gate: f.agree_gate,
+                sound_gate: f.sound_gate,
+                reliability: f.reliability,
                 model: f.model,
             };
             r.validate().map_err(in_file(file))?;

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::learned::pair_feature;
+use super::reliability::Reliability;
 use super::scheduler::{check_tau_bounds, param_error};
 use super::{
     clamp_renormalise, softmax_weights, Bounds, DmsError, ModalityWeights, Scheduler, Signals,
@@ -18,7 +19,12 @@ use super::{
 /// w       = clamp_renormalise(w, [w_min, w_max])
 /// ```
 ///
-/// With `agree_gate`, a request whose every image agrees with the text by
+/// With `reliability`, `c_m` is not a confidence but the modality's fitted reliability (the
+/// probability that its unimodal answer is right, a logistic model over its measured variants;
+/// see [`Reliability`]), and the references are clean inputs' reliabilities.
+///
+/// With `sound_gate`, a request whose every modality has `c_m` at least the gate gets plain
+/// fusion. With `agree_gate`, a request whose every image agrees with the text by
 /// `consistency.answer` (both alone give the same answer) gets plain fusion (all 1).
 ///
 /// High consistency pulls the weights towards plain fusion (all 1); low consistency lets the
@@ -58,6 +64,13 @@ pub struct RuleScheduler {
     /// (`consistency.answer`).
     #[serde(default)]
     pub agree_gate: bool,
+    /// Plain fusion when every modality's `c_m` (confidence, or reliability) is at least this:
+    /// inputs that all look sound are left alone (`None`: no such gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sound_gate: Option<f32>,
+    /// Fitted reliability models read instead of the confidence (`None`: the confidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reliability: Option<Reliability>,
     /// The model file the parameters were calibrated for (`None`: any).
     #[serde(default)]
     pub model: Option<String>,
@@ -82,6 +95,8 @@ impl Default for RuleScheduler {
             u_ref_image: 0.0,
             u_ref_text: 0.0,
             agree_gate: false,
+            sound_gate: None,
+            reliability: None,
             model: None,
         }
     }
@@ -113,7 +128,33 @@ impl RuleScheduler {
                 format!("must be >= 0 (got {})", self.gamma),
             )));
         }
+        if let Some(r) = &self.reliability {
+            r.validate()?;
+        }
+        if let Some(g) = self.sound_gate.filter(|g| !g.is_finite()) {
+            return Err(param_error((
+                "sound_gate",
+                format!("must be finite (got {g})"),
+            )));
+        }
         check_tau_bounds(self.tau, self.w_min, self.w_max).map_err(param_error)
+    }
+
+    /// The `c_m` of every modality (images, then the text): the confidences, or with
+    /// `reliability` the fitted reliabilities; `None` when a variant that model reads was not
+    /// measured.
+    fn trust(&self, signals: &Signals) -> Option<Vec<f32>> {
+        let per = signals.per_modality();
+        let Some(r) = &self.reliability else {
+            return Some(per.iter().map(|s| s.confidence).collect());
+        };
+        let n_images = signals.images.len();
+        let mut out = Vec::with_capacity(per.len());
+        for i in 0..n_images {
+            out.push(r.image.probability(|k| pair_feature(signals, i, k))?);
+        }
+        out.push(r.text.probability(|k| pair_feature(signals, 0, k))?);
+        Some(out)
     }
 
     /// The weight bounds.
@@ -142,23 +183,39 @@ impl Scheduler for RuleScheduler {
         self.model.as_deref()
     }
 
+    fn reliabilities(&self, signals: &Signals) -> Option<Vec<f32>> {
+        self.reliability.as_ref()?;
+        self.trust(signals)
+    }
+
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
         let n_images = signals.images.len();
         let agree = |i| pair_feature(signals, i, "consistency.answer").is_some_and(|v| v >= 0.5);
         if self.agree_gate && n_images > 0 && (0..n_images).all(agree) {
             return Ok(ModalityWeights::uniform(n_images));
         }
+        // Without the variants a reliability model reads there is nothing to compare: plain
+        // fusion.
+        let Some(trust) = self.trust(signals) else {
+            return Ok(ModalityWeights::uniform(n_images));
+        };
+        if let Some(gate) = self.sound_gate {
+            if trust.iter().all(|&c| c >= gate) {
+                return Ok(ModalityWeights::uniform(n_images));
+            }
+        }
         let scores: Vec<f32> = signals
             .per_modality()
             .iter()
+            .zip(trust)
             .enumerate()
-            .map(|(m, s)| {
+            .map(|(m, (s, c))| {
                 let (c_ref, u_ref) = if m < n_images {
                     (self.c_ref_image, self.u_ref_image)
                 } else {
                     (self.c_ref_text, self.u_ref_text)
                 };
-                self.alpha * (s.confidence - c_ref) - self.beta * (s.uncertainty - u_ref)
+                self.alpha * (c - c_ref) - self.beta * (s.uncertainty - u_ref)
             })
             .collect();
         let soft = softmax_weights(&scores, self.tau);
@@ -238,6 +295,53 @@ mod tests {
         assert_eq!(r.weights(&s).unwrap(), ModalityWeights::uniform(1));
         s.variants[0].insert("consistency.answer".into(), 0.0);
         assert!(r.weights(&s).unwrap().images[0] < 1.0);
+    }
+
+    #[test]
+    fn reliability_models_replace_the_confidence() {
+        use crate::dms::{Reliability, ReliabilityModel};
+        let model = |feature: &str| ReliabilityModel {
+            features: vec![feature.to_string()],
+            mean: vec![0.5],
+            scale: vec![0.1],
+            weights: vec![2.0],
+            bias: 0.0,
+        };
+        let r = RuleScheduler {
+            alpha: 4.0,
+            reliability: Some(Reliability {
+                image: model("image.shift"),
+                text: model("text.shift"),
+            }),
+            ..RuleScheduler::default()
+        };
+        r.validate().unwrap();
+        // The confidences say the text is better; the variants the models read say the image.
+        let mut s = sig(0.1, 0.0, 0.9, 0.0, 0.0);
+        s.variants = vec![[
+            ("image.shift".to_string(), 0.7),
+            ("text.shift".to_string(), 0.3),
+        ]
+        .into()];
+        let rel = r.reliabilities(&s).unwrap();
+        assert!(rel[0] > 0.95 && rel[1] < 0.05, "{rel:?}");
+        assert!(r.weights(&s).unwrap().images[0] > 1.0);
+        // Both look sound enough for the gate: plain fusion.
+        let gated = RuleScheduler {
+            sound_gate: Some(0.01),
+            ..r.clone()
+        };
+        assert_eq!(gated.weights(&s).unwrap(), ModalityWeights::uniform(1));
+        let strict = RuleScheduler {
+            sound_gate: Some(0.5),
+            ..r.clone()
+        };
+        assert_eq!(strict.weights(&s).unwrap(), r.weights(&s).unwrap());
+        // A variant the models read is missing: plain fusion, and no reliabilities.
+        s.variants[0].remove("text.shift");
+        assert_eq!(r.weights(&s).unwrap(), ModalityWeights::uniform(1));
+        assert!(r.reliabilities(&s).is_none());
+        assert!(RuleScheduler::default().reliabilities(&s).is_none());
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     fn fitted_for(&self) -> Option<&str> {
         None
     }
+
+    /// The fitted reliability of every modality (images, then the text) that this scheduler
+    /// reads from `signals`, if it has reliability models (see [`super::Reliability`]).
+    fn reliabilities(&self, _signals: &Signals) -> Option<Vec<f32>> {
+        None
+    }
 }
 
 /// Allowed range of each weight.

@@ -8,7 +8,8 @@ use super::analysis::{in_set, CLEAN_TOLERANCE};
 use super::record::TrustRecord;
 use super::stats::median;
 use super::suite::GROUP_CLEAN;
-use crate::dms::{RuleScheduler, Scheduler, Signals};
+use crate::dms::reliability::LN_PREFIX;
+use crate::dms::{feature_value, Reliability, ReliabilityModel, RuleScheduler, Scheduler, Signals};
 
 /// Confidence weights tried.
 pub const ALPHAS: [f32; 7] = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
@@ -23,8 +24,16 @@ pub const GAMMAS: [f32; 5] = [0.0, 0.5, 1.0, 2.0, 4.0];
 pub const W_MINS: [f32; 3] = [0.0, 0.25, 0.5];
 /// Agreement gates tried (see [`RuleScheduler::agree_gate`]).
 pub const GATES: [bool; 2] = [false, true];
+/// Sound gates tried (see [`RuleScheduler::sound_gate`]), with reliability models only: a
+/// reliability is a probability, a confidence has no common scale.
+pub const SOUND_GATES: [Option<f32>; 6] =
+    [None, Some(0.5), Some(0.7), Some(0.8), Some(0.9), Some(0.95)];
 /// Share of clean items that must keep every weight within `1 ± 0.05`.
 pub const CLEAN_WITHIN_TARGET: f64 = 0.95;
+/// Fewest right and fewest wrong unimodal answers per modality for a reliability model.
+pub const MIN_RELIABILITY_CLASS: usize = 10;
+/// L2 strength of the reliability models.
+pub const RELIABILITY_L2: f64 = 1e-2;
 
 /// The result of [`fit_rule`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +73,69 @@ fn text_refs(records: &[&Usable]) -> Option<(f32, f32)> {
     let c = median(records.iter().map(|u| u.signals.text.confidence))?;
     let u = median(records.iter().map(|u| u.signals.text.uncertainty))?;
     Some((c, u))
+}
+
+/// Fits one reliability model per modality kind to `records`: the label is whether the
+/// input of that modality is sound by construction (`image_reliable`, `text_reliable`), the
+/// features every `image.*` (or `text.*`) variant all labelled records have, and the
+/// logarithm of each mutual-information uncertainty among them (`ln:`; not of the flip rate). Labelling by condition, not by whether the
+/// unimodal answer was right, measured better on held-out seeds (README Results). `None` when
+/// a kind lacks [`MIN_RELIABILITY_CLASS`] sound or degraded inputs.
+pub fn fit_reliability(records: &[&TrustRecord]) -> Option<Reliability> {
+    let model = |kind: &str| {
+        let labelled: Vec<(&TrustRecord, bool)> = records
+            .iter()
+            .filter(|r| !r.variants.is_empty())
+            .filter_map(|r| {
+                let sound = if kind == "image" {
+                    Some(r.image_reliable)
+                } else {
+                    r.text_reliable
+                };
+                Some((*r, sound?))
+            })
+            .collect();
+        let sound = labelled.iter().filter(|(_, y)| *y).count();
+        if sound < MIN_RELIABILITY_CLASS || labelled.len() - sound < MIN_RELIABILITY_CLASS {
+            return None;
+        }
+        let prefix = format!("{kind}.");
+        let variants: Vec<&String> = labelled[0]
+            .0
+            .variants
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .filter(|k| labelled.iter().all(|(r, _)| r.variants.contains_key(*k)))
+            .collect();
+        let logs = variants
+            .iter()
+            .filter(|k| k.contains("uncertainty") && !k.ends_with(".flip"))
+            .map(|k| format!("{LN_PREFIX}{k}"));
+        let features: Vec<String> = variants.iter().map(|k| k.to_string()).chain(logs).collect();
+        if features.is_empty() {
+            return None;
+        }
+        let rows: Vec<Vec<f32>> = labelled
+            .iter()
+            .map(|(r, _)| {
+                features
+                    .iter()
+                    .map(|f| feature_value(f, |k| r.variants.get(k).copied()).unwrap_or(0.0))
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<bool> = labelled.iter().map(|(_, y)| *y).collect();
+        Some(ReliabilityModel::fit(
+            &features,
+            &rows,
+            &labels,
+            RELIABILITY_L2,
+        ))
+    };
+    Some(Reliability {
+        image: model("image")?,
+        text: model("text")?,
+    })
 }
 
 /// `rule` replayed on `usable`: (items right, items scored, clean items within the tolerance,
@@ -106,8 +178,8 @@ fn ratio(a: usize, b: usize) -> f64 {
 ///
 /// 1. the references are the medians over clean items of `record.signals`: the image's over
 ///    both clean conditions, the text's over `clean+hint` (the clean items with evidence);
-/// 2. every combination of [`ALPHAS`], [`BETAS`], [`GAMMAS`], [`W_MINS`] (w_max = 2 - w_min)
-///    and [`GATES`] is replayed on the recorded signals; an item counts as right if the grid point nearest
+/// 2. every combination of [`ALPHAS`], [`BETAS`], [`GAMMAS`], [`W_MINS`] (w_max = 2 - w_min),
+///    [`GATES`] and, with reliability models, [`SOUND_GATES`] is replayed on the recorded signals; an item counts as right if the grid point nearest
 ///    to the rule's image weight is;
 /// 3. the candidate with the highest accuracy over the non-control items wins among those that
 ///    keep at least 95% of clean items within `1 ± 0.05`; ties go to the smaller alpha, then
@@ -116,12 +188,18 @@ fn ratio(a: usize, b: usize) -> f64 {
 ///
 /// Records without signals of one image or without a grid are left out.
 pub fn fit_rule(records: &[TrustRecord], base: &RuleScheduler) -> Fit {
-    fit_rule_with(records, base, CLEAN_WITHIN_TARGET)
+    fit_rule_with(records, base, CLEAN_WITHIN_TARGET, true)
 }
 
 /// [`fit_rule`] with another required share of clean items within `1 ± 0.05` (0: none, the
-/// most accurate candidate wins).
-pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share: f64) -> Fit {
+/// most accurate candidate wins), and with or without reliability models (see
+/// [`fit_reliability`]; without, the rule reads the confidence).
+pub fn fit_rule_with(
+    records: &[TrustRecord],
+    base: &RuleScheduler,
+    clean_share: f64,
+    with_reliability: bool,
+) -> Fit {
     let usable: Vec<Usable> = records
         .iter()
         .filter(|r| in_set(r, "non-control") && !r.grid.is_empty())
@@ -140,8 +218,15 @@ pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share:
         .copied()
         .filter(|u| u.record.condition == "clean+hint")
         .collect();
+    let labelled: Vec<&TrustRecord> = usable.iter().map(|u| u.record).collect();
+    let reliability = if with_reliability {
+        fit_reliability(&labelled)
+    } else {
+        None
+    };
     let mut start = RuleScheduler {
         tau: 1.0,
+        reliability,
         ..base.clone()
     };
     if let Some((c, u)) = image_refs(&clean) {
@@ -149,6 +234,20 @@ pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share:
     }
     if let Some((c, u)) = text_refs(&clean_hint) {
         (start.c_ref_text, start.u_ref_text) = (c, u);
+    }
+    // With reliability models the confidence references are clean inputs' reliabilities.
+    if let Some(r) = &start.reliability {
+        let of = |items: &[&Usable], m: &ReliabilityModel| {
+            median(items.iter().filter_map(|u| {
+                m.probability(|k| crate::dms::learned::pair_feature(&u.signals, 0, k))
+            }))
+        };
+        if let Some(c) = of(&clean, &r.image) {
+            start.c_ref_image = c;
+        }
+        if let Some(c) = of(&clean_hint, &r.text) {
+            start.c_ref_text = c;
+        }
     }
 
     let off: Vec<bool> = usable
@@ -160,12 +259,21 @@ pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share:
     let off_accuracy = ratio(off_right, off.len());
     // Candidates are ordered by (constraint met, then accuracy if met, else (share, accuracy));
     // the larger key wins.
+    let sound_gates: &[Option<f32>] = if start.reliability.is_some() {
+        &SOUND_GATES
+    } else {
+        &[None]
+    };
     let mut best: Option<((bool, f64, f64), Fit)> = None;
     let mut tried = 0;
     for alpha in ALPHAS {
         for beta in BETAS {
             for gamma in GAMMAS {
-                for (w_min, agree_gate) in W_MINS.into_iter().flat_map(|w| GATES.map(|g| (w, g))) {
+                let gates = W_MINS
+                    .into_iter()
+                    .flat_map(|w| GATES.map(|g| (w, g)))
+                    .flat_map(|(w, g)| sound_gates.iter().map(move |&s| (w, g, s)));
+                for (w_min, agree_gate, sound_gate) in gates {
                     let rule = RuleScheduler {
                         alpha,
                         beta,
@@ -173,6 +281,7 @@ pub fn fit_rule_with(records: &[TrustRecord], base: &RuleScheduler, clean_share:
                         w_min,
                         w_max: 2.0 - w_min,
                         agree_gate,
+                        sound_gate,
                         ..start.clone()
                     };
                     tried += 1;

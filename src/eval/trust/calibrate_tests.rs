@@ -155,3 +155,51 @@ fn references_come_from_the_clean_items() {
     assert_eq!((empty.train_accuracy, empty.off_accuracy), (0.0, 0.0));
     assert!(empty.constraint_met);
 }
+
+#[test]
+fn reliability_models_are_fitted_to_sound_and_degraded_inputs() {
+    // The confidences say nothing (all 0.5); one variant per modality tells sound inputs from
+    // degraded ones (the labels come from the conditions).
+    let flat = signals(0.5, 0.5, 0.0);
+    let mut rs: Vec<TrustRecord> = items(12, "clean+hint", flat.clone(), |_| true)
+        .chain(items(12, "clean+hedged-wrong", flat.clone(), |w| w >= 1.5))
+        .chain(items(12, "missing+hint", flat, |w| w <= 0.5))
+        .collect();
+    for r in &mut rs {
+        let (image_sound, text_sound) = match r.condition.as_str() {
+            "clean+hint" => (true, true),
+            "clean+hedged-wrong" => (true, false),
+            _ => (false, true),
+        };
+        let jitter = (r.item % 3) as f32 * 0.01;
+        r.variants.insert(
+            "image.shift".into(),
+            jitter + if image_sound { 0.6 } else { 0.2 },
+        );
+        r.variants.insert(
+            "text.gain".into(),
+            jitter + if text_sound { 0.3 } else { -0.1 },
+        );
+        r.variants.insert("text.uncertainty".into(), 0.01);
+    }
+    let fit = fit_rule_with(&rs, &base(), 0.0, true);
+    let rel = fit.rule.reliability.as_ref().expect("fitted");
+    assert_eq!(rel.image.features, vec!["image.shift".to_string()]);
+    assert_eq!(
+        rel.text.features,
+        ["text.gain", "text.uncertainty", "ln:text.uncertainty"].map(String::from)
+    );
+    assert!(rel.image.weights[0] > 0.0 && rel.text.weights[0] > 0.0);
+    // The references are clean reliabilities: near 1.
+    assert!(
+        fit.rule.c_ref_image > 0.8 && fit.rule.c_ref_text > 0.8,
+        "{:?}",
+        fit.rule
+    );
+    assert_eq!(fit.train_accuracy, 1.0);
+    fit.rule.validate().unwrap();
+    // Reading the flat confidences instead, no candidate tells the modalities apart.
+    let plain = fit_rule_with(&rs, &base(), 0.0, false);
+    assert!(plain.rule.reliability.is_none());
+    assert!(plain.train_accuracy < fit.train_accuracy);
+}

@@ -59,14 +59,21 @@ pub fn aims(summary: &TrustSummary) -> Vec<Aim> {
         (&summary.meta.default_image_key, 0.9),
         (&summary.meta.default_text_key, 0.85),
     ] {
-        let v = summary.signal(key).and_then(|s| s.by_outcome);
-        out.push(aim(
-            format!("reliability AUC of `{key}` (by outcome)"),
-            &format!(">= {target}"),
-            v,
-            three,
-            v.is_some_and(|v| v >= target),
-        ));
+        // The aim is clean vs degraded input (by condition); by outcome (right vs wrong
+        // unimodal answer) is shown beside it.
+        let signal = summary.signal(key);
+        for (label, v) in [
+            ("clean vs degraded", signal.and_then(|s| s.by_condition)),
+            ("by outcome", signal.and_then(|s| s.by_outcome)),
+        ] {
+            out.push(aim(
+                format!("reliability AUC of `{key}` ({label})"),
+                &format!(">= {target}"),
+                v,
+                three,
+                v.is_some_and(|v| v >= target),
+            ));
+        }
     }
     for mode in schedulers(summary) {
         let pool = summary.comparison(POOL_ONE_UNRELIABLE, mode, MODE_OFF);
