@@ -29,8 +29,9 @@ use crate::engine::{DmsMode, EngineHandle};
 /// The DMS mode of API requests that name none (`serve --dms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DefaultDmsMode {
-    /// `learned` when the first learned plugin was trained for the served model file (it
-    /// measurably helps there: README, Results), else `off`.
+    /// `rule` when `rule-default` was calibrated for the served model file (it measurably
+    /// helps there: README, Results), else `learned` when the first learned plugin was trained
+    /// for it, else `off`.
     Auto,
     /// No weighting (exactly llama.cpp).
     Off,
@@ -45,10 +46,12 @@ impl DefaultDmsMode {
     pub fn resolve(self, schedulers: &crate::dms::Registry, model_file: &str) -> DmsMode {
         match self {
             DefaultDmsMode::Auto => {
-                let fitted = schedulers
-                    .default_learned()
-                    .is_some_and(|s| s.fitted_for() == Some(model_file));
-                if fitted {
+                let fitted = |s: &std::sync::Arc<dyn crate::dms::Scheduler>| {
+                    s.fitted_for() == Some(model_file)
+                };
+                if fitted(&schedulers.default_rule()) {
+                    DmsMode::Rule
+                } else if schedulers.default_learned().is_some_and(|s| fitted(&s)) {
                     DmsMode::Learned
                 } else {
                     DmsMode::Off
@@ -189,8 +192,8 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
     );
     if args.dms == DefaultDmsMode::Auto {
         eprintln!(
-            "llama-dms: default DMS mode {} (--dms auto: learned only with a learned plugin \
-             trained for this model)",
+            "llama-dms: default DMS mode {} (--dms auto: rule with a rule-default calibrated \
+             for this model, else learned with a learned plugin trained for it)",
             default_dms.name()
         );
     }
@@ -434,7 +437,7 @@ mod tests {
     use crate::dms::{LearnedScheduler, Registry, TrainedInfo};
 
     #[test]
-    fn auto_is_learned_only_with_a_plugin_trained_for_the_model() {
+    fn auto_is_rule_or_learned_only_with_plugins_fitted_for_the_model() {
         let mut registry = Registry::builtin();
         assert_eq!(
             DefaultDmsMode::Auto.resolve(&registry, "m.gguf"),
@@ -463,6 +466,19 @@ mod tests {
         assert_eq!(
             DefaultDmsMode::Rule.resolve(&registry, "other.gguf"),
             DmsMode::Rule
+        );
+        // A rule-default calibrated for the model comes first.
+        let dir = tempfile::tempdir().unwrap();
+        let file = "kind = \"rule\"\nname = \"rule-default\"\nmodel = \"m.gguf\"\n";
+        std::fs::write(dir.path().join("rule-default.toml"), file).unwrap();
+        let registry = Registry::load_dir(dir.path()).unwrap();
+        assert_eq!(
+            DefaultDmsMode::Auto.resolve(&registry, "m.gguf"),
+            DmsMode::Rule
+        );
+        assert_eq!(
+            DefaultDmsMode::Auto.resolve(&registry, "other.gguf"),
+            DmsMode::Off
         );
         // The start-up log names the mode as the API does.
         for mode in [
