@@ -160,6 +160,73 @@ fn demo_names_the_colour_of_generated_images() {
     assert!(right * 10 >= total * 9, "only {right}/{total} right");
 }
 
+/// A demo of `image_tokens` in its own directory (the text model linked or copied from the
+/// cached demo).
+fn shaped_demo(paths: &DemoPaths, image_tokens: usize) -> DemoPaths {
+    let dir = common::scratch().join(format!("demo-{image_tokens}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join(paths.model.file_name().unwrap());
+    if std::fs::hard_link(&paths.model, &model).is_err() {
+        std::fs::copy(&paths.model, &model).unwrap();
+    }
+    demo::prepare_shaped(&dir, Some(image_tokens), false).unwrap()
+}
+
+/// Prompt tokens and greedy answer of a red image and the colour question.
+fn prompt_tokens_and_answer(paths: &DemoPaths) -> (usize, String) {
+    let engine = engine(paths);
+    let image = colour_image([1.0, 0.0, 0.0], (64, 64), false, &mut Lcg(5));
+    let mut request = GenerateRequest::new(vec![Message {
+        role: Role::User,
+        content: vec![
+            ContentPart::Image(image),
+            ContentPart::Text(QUESTION.into()),
+        ],
+    }]);
+    request.sampling = SamplerParams::greedy();
+    request.max_tokens = 16;
+    let mut events = engine.submit(request).unwrap();
+    let mut text = String::new();
+    loop {
+        match events.blocking_recv().unwrap() {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(d) => return (d.usage.prompt_tokens, text),
+            Event::Error(e) => panic!("request failed: {e}"),
+            Event::Logprob(_) => {}
+        }
+    }
+}
+
+#[test]
+fn demos_of_other_shapes_have_their_image_tokens() {
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    let (small, _) = prompt_tokens_and_answer(&paths);
+    // The LLaVA-1.5 shape: 576 image tokens against the default's 16.
+    let large = shaped_demo(&paths, 576);
+    let card = std::fs::read_to_string(&large.card).unwrap();
+    assert!(card.contains("192x192 and cut into 576 patches"), "{card}");
+    let (n, _) = prompt_tokens_and_answer(&large);
+    assert_eq!(n - small, 576 - 16, "{small} vs {n}");
+    assert!(matches!(
+        demo::prepare_shaped(&large.card.parent().unwrap(), Some(500), false),
+        Err(demo::DemoError::Shape(500))
+    ));
+    // Asking for the shape it has changes nothing; the default preparation accepts any shape.
+    let before = std::fs::read(&large.mmproj).unwrap();
+    let dir = large.card.parent().unwrap();
+    demo::prepare_shaped(dir, Some(576), false).unwrap();
+    demo::prepare(dir, false).unwrap();
+    assert_eq!(std::fs::read(&large.mmproj).unwrap(), before);
+    // SmolLM2-135M still names the colour from 144 identical patch rows (at 256 and more it
+    // stops answering: the README says so).
+    let (n, answer) = prompt_tokens_and_answer(&shaped_demo(&paths, 144));
+    assert_eq!(n - small, 144 - 16);
+    assert_eq!(first_colour_word(&answer), Some("red"), "{answer:?}");
+}
+
 #[test]
 fn colour_word_log_probabilities_rank_the_right_colour_first() {
     let Some(paths) = common::demo_paths() else {

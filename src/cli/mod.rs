@@ -79,6 +79,10 @@ pub enum ModelsCommand {
         /// Directory of the demo files.
         #[arg(long, default_value = demo::DEFAULT_DIR)]
         dir: PathBuf,
+        /// Image tokens of the colour projector, a square (16 by default; 576 is the LLaVA-1.5
+        /// shape). A demo of another shape in `--dir` gets a new projector.
+        #[arg(long)]
+        image_tokens: Option<usize>,
     },
     /// Write a random LLaVA mmproj whose rows fit a text model of width `--n-embd` (for trying
     /// the image path on any text model; it sees nothing meaningful).
@@ -213,18 +217,20 @@ pub fn run(cli: Cli) -> ExitCode {
                 ),
             }
         }
-        Command::Models(ModelsCommand::Demo { dir }) => match demo::prepare(&dir, true) {
-            Ok(paths) => {
-                println!(
-                    "{}\n{}\n{}",
-                    paths.model.display(),
-                    paths.mmproj.display(),
-                    paths.card.display()
-                );
-                ExitCode::SUCCESS
+        Command::Models(ModelsCommand::Demo { dir, image_tokens }) => {
+            match demo::prepare_shaped(&dir, image_tokens, true) {
+                Ok(paths) => {
+                    println!(
+                        "{}\n{}\n{}",
+                        paths.model.display(),
+                        paths.mmproj.display(),
+                        paths.card.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &format!("cannot prepare the demo model: {e}")),
             }
-            Err(e) => fail(2, &format!("cannot prepare the demo model: {e}")),
-        },
+        }
         Command::Models(ModelsCommand::RandomMmproj {
             out,
             n_embd,

