@@ -71,6 +71,11 @@ fn first_colour_word(answer: &str) -> Option<&'static str> {
 }
 
 fn ask(engine: &EngineHandle, image: Vec<u8>) -> String {
+    ask_counting(engine, image, 24).1
+}
+
+/// The greedy answer to the colour question about `image`, with the prompt's token count.
+fn ask_counting(engine: &EngineHandle, image: Vec<u8>, max_tokens: usize) -> (usize, String) {
     let content = vec![
         ContentPart::Image(image),
         ContentPart::Text(QUESTION.into()),
@@ -80,13 +85,13 @@ fn ask(engine: &EngineHandle, image: Vec<u8>) -> String {
         content,
     }]);
     request.sampling = SamplerParams::greedy();
-    request.max_tokens = 24;
+    request.max_tokens = max_tokens;
     let mut events = engine.submit(request).unwrap();
     let mut text = String::new();
     loop {
         match events.blocking_recv().unwrap() {
             Event::Text(t) => text.push_str(&t),
-            Event::Done(_) => return text,
+            Event::Done(d) => return (d.usage.prompt_tokens, text),
             Event::Error(e) => panic!("request failed: {e}"),
             Event::Logprob(_) => {}
         }
@@ -175,27 +180,8 @@ fn shaped_demo(paths: &DemoPaths, image_tokens: usize) -> DemoPaths {
 
 /// Prompt tokens and greedy answer of a red image and the colour question.
 fn prompt_tokens_and_answer(paths: &DemoPaths) -> (usize, String) {
-    let engine = engine(paths);
     let image = colour_image([1.0, 0.0, 0.0], (64, 64), false, &mut Lcg(5));
-    let mut request = GenerateRequest::new(vec![Message {
-        role: Role::User,
-        content: vec![
-            ContentPart::Image(image),
-            ContentPart::Text(QUESTION.into()),
-        ],
-    }]);
-    request.sampling = SamplerParams::greedy();
-    request.max_tokens = 16;
-    let mut events = engine.submit(request).unwrap();
-    let mut text = String::new();
-    loop {
-        match events.blocking_recv().unwrap() {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(d) => return (d.usage.prompt_tokens, text),
-            Event::Error(e) => panic!("request failed: {e}"),
-            Event::Logprob(_) => {}
-        }
-    }
+    ask_counting(&engine(paths), image, 16)
 }
 
 #[test]
@@ -210,13 +196,13 @@ fn demos_of_other_shapes_have_their_image_tokens() {
     assert!(card.contains("192x192 and cut into 576 patches"), "{card}");
     let (n, _) = prompt_tokens_and_answer(&large);
     assert_eq!(n - small, 576 - 16, "{small} vs {n}");
+    let dir = large.card.parent().unwrap();
     assert!(matches!(
-        demo::prepare_shaped(&large.card.parent().unwrap(), Some(500), false),
+        demo::prepare_shaped(dir, Some(500), false),
         Err(demo::DemoError::Shape(500))
     ));
     // Asking for the shape it has changes nothing; the default preparation accepts any shape.
     let before = std::fs::read(&large.mmproj).unwrap();
-    let dir = large.card.parent().unwrap();
     demo::prepare_shaped(dir, Some(576), false).unwrap();
     demo::prepare(dir, false).unwrap();
     assert_eq!(std::fs::read(&large.mmproj).unwrap(), before);

@@ -471,15 +471,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = "kind = \"rule\"\nname = \"rule-default\"\nmodel = \"m.gguf\"\n";
         std::fs::write(dir.path().join("rule-default.toml"), file).unwrap();
-        let registry = Registry::load_dir(dir.path()).unwrap();
-        assert_eq!(
-            DefaultDmsMode::Auto.resolve(&registry, "m.gguf"),
-            DmsMode::Rule
-        );
-        assert_eq!(
-            DefaultDmsMode::Auto.resolve(&registry, "other.gguf"),
-            DmsMode::Off
-        );
+        let calibrated = Registry::load_dir(dir.path()).unwrap();
+        for (model, mode) in [("m.gguf", DmsMode::Rule), ("other.gguf", DmsMode::Off)] {
+            assert_eq!(DefaultDmsMode::Auto.resolve(&calibrated, model), mode);
+        }
         // The start-up log names the mode as the API does.
         for mode in [
             DmsMode::Off,
