@@ -294,8 +294,8 @@ pub struct CalibrateArgs {
     /// accuracy alone).
     #[arg(long, default_value_t = 0.95)]
     pub clean_share: f64,
-    /// Read the confidence as it is, without fitting reliability models to the records'
-    /// unimodal answers.
+    /// Read the confidence as it is, without fitting reliability models to the records
+    /// (whose inputs are labelled sound or degraded by their condition).
     #[arg(long)]
     pub no_reliability: bool,
 }

@@ -20,7 +20,7 @@ use super::{
 /// ```
 ///
 /// With `reliability`, `c_m` is not a confidence but the modality's fitted reliability (the
-/// probability that its unimodal answer is right, a logistic model over its measured variants;
+/// probability that its input is sound, a logistic model over its measured variants;
 /// see [`Reliability`]), and the references are clean inputs' reliabilities.
 ///
 /// With `sound_gate`, a request whose every modality has `c_m` at least the gate gets plain
