@@ -49,9 +49,9 @@ pub use scheduler::{clamp_renormalise, softmax_weights, Bounds, Scheduler};
 pub use script::ScriptScheduler;
 pub use signals::{
     answer_agreement, answer_word, apply_dropout, apply_row_keyed_dropout, apply_token_dropout,
-    avg_pool_2x2, confidence, cosine_consistency, entropy, flip_rate, js_consistency, l2_normalise,
-    log_softmax, mean_pool, mutual_information, mwc_loss, top2_probabilities, top_k_share,
-    ModalitySignals, Signals, SplitMix64,
+    argmax, avg_pool_2x2, confidence, cosine_consistency, entropy, flip_rate, js_consistency,
+    l2_normalise, log_softmax, mean_pool, mutual_information, mwc_loss, top2_probabilities,
+    top_k_share, ModalitySignals, Signals, SplitMix64,
 };
 pub use train::{read_examples, train, GridPoint, TrainConfig, TrainExample, TrainReport};
 

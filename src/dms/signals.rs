@@ -305,20 +305,24 @@ pub fn apply_token_dropout(rows: &mut [f32], width: usize, flagged: &[bool], rat
     }
 }
 
-/// The share of `samples` whose most likely token differs from `reference`'s: how often a
-/// perturbation flips the answer, in `[0, 1]` (0 with no samples).
+/// The share of `samples` whose most likely token (see [`argmax`]) differs from `reference`'s:
+/// how often a perturbation flips the answer, in `[0, 1]` (0 with no samples).
 pub fn flip_rate(reference: &[f32], samples: &[Vec<f32>]) -> f32 {
     if samples.is_empty() {
         return 0.0;
     }
-    let top = |l: &[f32]| {
-        l.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-    };
-    let r = top(reference);
-    samples.iter().filter(|s| top(s) != r).count() as f32 / samples.len() as f32
+    let r = argmax(reference);
+    samples.iter().filter(|s| argmax(s) != r).count() as f32 / samples.len() as f32
+}
+
+/// Index of the largest finite value (0 for an empty slice): the greedy token of `logits`.
+pub fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 /// 2x2 average pooling of a `grid_w x grid_h` grid of rows (row-major, each `width` floats) into

@@ -437,14 +437,14 @@ impl Runtime<'_> {
             }
         };
         let flagged = &u.body.modality;
-        let element = |rows: &mut [f32], s| {
+        let element_drop = |rows: &mut [f32], s| {
             apply_row_keyed_dropout(rows, width, flagged, settings.dropout, s)
         };
-        let token =
+        let token_drop =
             |rows: &mut [f32], s| apply_token_dropout(rows, width, flagged, TOKEN_DROPOUT, s);
         let bodies: Vec<Body> = (0..t)
-            .map(|k| perturbed(&element, k))
-            .chain((t..2 * t).map(|k| perturbed(&token, k)))
+            .map(|k| perturbed(&element_drop, k))
+            .chain((t..2 * t).map(|k| perturbed(&token_drop, k)))
             .collect();
         let (uncertainty, token, flip) = if bodies.is_empty() {
             (0.0, 0.0, 0.0)

@@ -2,7 +2,7 @@
 //! several bodies decoded as parallel sequences behind one shared prefix, and a short greedy
 //! continuation of a pass (where the answer is decided).
 
-use crate::dms::{avg_pool_2x2, mean_pool};
+use crate::dms::{argmax, avg_pool_2x2, mean_pool};
 use crate::llama::{Batch, ChunkKind, LlamaError, Token};
 
 use super::prompt::{Piece, Prompt};
@@ -353,16 +353,6 @@ impl Runtime<'_> {
         }
         Ok(out)
     }
-}
-
-/// Index of the largest finite value (0 for an empty slice).
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.is_finite())
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 impl Runtime<'_> {

@@ -78,8 +78,8 @@ pub fn prepare(dir: &Path, progress: bool) -> Result<DemoPaths, DemoError> {
 /// The colour projector's geometry for `image_tokens` image tokens: 8-pixel patches on a square
 /// grid, so `image_tokens` must be a square (16, 64, 576, ...); `None` otherwise.
 pub fn projector_for(image_tokens: usize) -> Option<ColourProjectorParams> {
-    let side = (1..=64).find(|k| k * k >= image_tokens)?;
-    (side * side == image_tokens).then(|| ColourProjectorParams {
+    let side = image_tokens.isqrt();
+    (side > 0 && side * side == image_tokens).then(|| ColourProjectorParams {
         image_size: side * ColourProjectorParams::default().patch,
         ..ColourProjectorParams::default()
     })

@@ -30,7 +30,7 @@ pub const SOUND_GATES: [Option<f32>; 6] =
     [None, Some(0.5), Some(0.7), Some(0.8), Some(0.9), Some(0.95)];
 /// Share of clean items that must keep every weight within `1 ± 0.05`.
 pub const CLEAN_WITHIN_TARGET: f64 = 0.95;
-/// Fewest right and fewest wrong unimodal answers per modality for a reliability model.
+/// Fewest sound and fewest degraded inputs per modality for a reliability model.
 pub const MIN_RELIABILITY_CLASS: usize = 10;
 /// L2 strength of the reliability models.
 pub const RELIABILITY_L2: f64 = 1e-2;
@@ -78,9 +78,10 @@ fn text_refs(records: &[&Usable]) -> Option<(f32, f32)> {
 /// Fits one reliability model per modality kind to `records`: the label is whether the
 /// input of that modality is sound by construction (`image_reliable`, `text_reliable`), the
 /// features every `image.*` (or `text.*`) variant all labelled records have, and the
-/// logarithm of each mutual-information uncertainty among them (`ln:`; not of the flip rate). Labelling by condition, not by whether the
-/// unimodal answer was right, measured better on held-out seeds (README Results). `None` when
-/// a kind lacks [`MIN_RELIABILITY_CLASS`] sound or degraded inputs.
+/// logarithm of each mutual-information uncertainty among them (`ln:`; not of the flip rate).
+/// Labelling by condition, not by whether the unimodal answer was right, told degraded inputs
+/// from clean ones better in an offline probe. `None` when a kind lacks
+/// [`MIN_RELIABILITY_CLASS`] sound or degraded inputs.
 pub fn fit_reliability(records: &[&TrustRecord]) -> Option<Reliability> {
     let model = |kind: &str| {
         let labelled: Vec<(&TrustRecord, bool)> = records
@@ -179,8 +180,8 @@ fn ratio(a: usize, b: usize) -> f64 {
 /// 1. the references are the medians over clean items of `record.signals`: the image's over
 ///    both clean conditions, the text's over `clean+hint` (the clean items with evidence);
 /// 2. every combination of [`ALPHAS`], [`BETAS`], [`GAMMAS`], [`W_MINS`] (w_max = 2 - w_min),
-///    [`GATES`] and, with reliability models, [`SOUND_GATES`] is replayed on the recorded signals; an item counts as right if the grid point nearest
-///    to the rule's image weight is;
+///    [`GATES`] and, with reliability models, [`SOUND_GATES`] is replayed on the recorded
+///    signals; an item counts as right if the grid point nearest to the rule's image weight is;
 /// 3. the candidate with the highest accuracy over the non-control items wins among those that
 ///    keep at least 95% of clean items within `1 ± 0.05`; ties go to the smaller alpha, then
 ///    the beta of smaller magnitude (then gamma, then w_min). If no candidate keeps the clean items, the one
@@ -235,19 +236,19 @@ pub fn fit_rule_with(
     if let Some((c, u)) = text_refs(&clean_hint) {
         (start.c_ref_text, start.u_ref_text) = (c, u);
     }
-    // With reliability models the confidence references are clean inputs' reliabilities.
-    if let Some(r) = &start.reliability {
-        let of = |items: &[&Usable], m: &ReliabilityModel| {
-            median(items.iter().filter_map(|u| {
-                m.probability(|k| crate::dms::learned::pair_feature(&u.signals, 0, k))
-            }))
+    // With reliability models the confidence references are clean inputs' reliabilities
+    // (image first, then the text), as the rule itself reads them.
+    if start.reliability.is_some() {
+        let of = |items: &[&Usable], m: usize| {
+            median(
+                items
+                    .iter()
+                    .filter_map(|u| start.reliabilities(&u.signals)?.get(m).copied()),
+            )
         };
-        if let Some(c) = of(&clean, &r.image) {
-            start.c_ref_image = c;
-        }
-        if let Some(c) = of(&clean_hint, &r.text) {
-            start.c_ref_text = c;
-        }
+        let (image, text) = (of(&clean, 0), of(&clean_hint, 1));
+        start.c_ref_image = image.unwrap_or(start.c_ref_image);
+        start.c_ref_text = text.unwrap_or(start.c_ref_text);
     }
 
     let off: Vec<bool> = usable
