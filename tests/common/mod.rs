@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: synthesised models, test images, SmolLM2 download.
 #![allow(dead_code)]
 
+pub mod dms;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
