@@ -24,6 +24,12 @@ fn llama_dms(paths: &DemoPaths, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The string `field` of every object in the JSON array `array`.
+fn field_of_each<'a>(array: &'a Value, field: &str) -> Vec<&'a str> {
+    let items = array.as_array().unwrap();
+    items.iter().map(|m| m[field].as_str().unwrap()).collect()
+}
+
 #[test]
 fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
     let Some(paths) = common::demo_paths() else {
@@ -45,13 +51,7 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
     assert_eq!(first.len(), TRUST_CONDITIONS.len());
     for r in &first {
         assert_eq!(r["grid"].as_array().unwrap().len(), 9, "{r}");
-        let modes: Vec<&str> = r["modes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["mode"].as_str().unwrap())
-            .collect();
-        assert_eq!(modes, ["off"]);
+        assert_eq!(field_of_each(&r["modes"], "mode"), ["off"]);
         if r["condition"] == "clean" {
             // No evidence, nothing to weigh: no signals.
             assert!(r["signals"].is_null());
@@ -148,12 +148,7 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
     }
     // The shipped rule-default's reliabilities are reported beside the variants, and are the
     // aims' signals.
-    let keys: Vec<&str> = summary["signal_auc"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["key"].as_str().unwrap())
-        .collect();
+    let keys = field_of_each(&summary["signal_auc"], "key");
     assert!(keys.contains(&"image.reliability") && keys.contains(&"text.reliability"));
     assert_eq!(summary["default_image_key"], "image.reliability");
     let comparisons = summary["comparisons"].as_array().unwrap();
