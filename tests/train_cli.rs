@@ -133,3 +133,56 @@ fn a_bad_plugin_file_stops_start_up_naming_file_and_field() {
         "{err}"
     );
 }
+
+#[test]
+fn reliability_from_a_calibrated_rule_gates_sound_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let data = format!("{root}/results/train/grid.jsonl");
+    let rule = format!("{root}/plugins/rule-default.toml");
+    let out_file = dir.path().join("learned-gated.json");
+    let train = |from: &str| {
+        llama_dms(&[
+            "train-scheduler",
+            "--data",
+            &data,
+            "--out",
+            out_file.to_str().unwrap(),
+            "--epochs",
+            "200",
+            "--reliability-from",
+            from,
+        ])
+    };
+    let out = train(&rule);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sound: usize = stdout
+        .split(" by the sound gate")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(sound > 0, "{stdout}");
+    let plugin =
+        llama_dms::dms::LearnedScheduler::from_json(&std::fs::read_to_string(&out_file).unwrap())
+            .unwrap();
+    assert_eq!(plugin.sound_gate, Some(0.5));
+    assert!(plugin.reliability.is_some());
+    assert!(plugin.features.iter().any(|f| f == "image.reliability"));
+
+    // A rule plugin without reliability models is refused, naming the file.
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, "kind = \"rule\"\nname = \"bare\"\n").unwrap();
+    let out = train(bare.to_str().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bare.toml") && err.contains("reliability"),
+        "{err}"
+    );
+}

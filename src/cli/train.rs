@@ -1,6 +1,6 @@
 //! `llama-dms train-scheduler`: fits the learned DMS scheduler to grid scores.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -40,6 +40,37 @@ pub struct TrainArgs {
     /// when the plugin serves another model).
     #[arg(long)]
     pub fitted_for: Option<String>,
+    /// A calibrated rule plugin (TOML) whose reliability models and sound gate the learned
+    /// scheduler takes over: the reliabilities become features, and examples the sound gate
+    /// passes get plain fusion and are not fitted.
+    #[arg(long)]
+    pub reliability_from: Option<PathBuf>,
+}
+
+/// The reliability models and sound gate of a rule plugin file.
+#[derive(serde::Deserialize)]
+struct RuleGates {
+    reliability: Option<crate::dms::Reliability>,
+    sound_gate: Option<f32>,
+}
+
+/// Reads `path`'s reliability models (required) and sound gate; errors name the file.
+fn read_gates(path: &Path) -> Result<(crate::dms::Reliability, Option<f32>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let gates: RuleGates =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    let reliability = gates.reliability.ok_or_else(|| {
+        format!(
+            "{}: no [reliability.image] / [reliability.text] (calibrate it without \
+             --no-reliability)",
+            path.display()
+        )
+    })?;
+    reliability
+        .validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((reliability, gates.sound_gate))
 }
 
 pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
@@ -51,6 +82,13 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
             Err(e) => return fail(2, &e.to_string()),
         }
     }
+    let (reliability, sound_gate) = match &args.reliability_from {
+        Some(path) => match read_gates(path) {
+            Ok((r, gate)) => (Some(r), gate),
+            Err(e) => return fail(2, &e),
+        },
+        None => (None, None),
+    };
     let config = TrainConfig {
         lambda_mwc: args.lambda_mwc,
         epochs: args.epochs,
@@ -58,6 +96,8 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         temperature: args.temperature,
         features: args.features.clone(),
         agree_feature: (args.agree_feature != "none").then(|| args.agree_feature.clone()),
+        reliability,
+        sound_gate,
         ..TrainConfig::default()
     };
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -93,7 +133,7 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
     }
     println!(
         "{}: {} examples ({} cross-validation folds, {} without exactly one image left out, {} \
-         gated to plain fusion by {}), {} features, {} candidate weights, l2 {}; reward of the \
+         gated to plain fusion by {}, {} by the sound gate), {} features, {} candidate weights, l2 {}; reward of the \
          picked weight: cross-validated {:.3} (plain fusion {:.3}), train {:.3}",
         args.out.display(),
         report.n_used,
@@ -101,6 +141,7 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         report.n_skipped,
         report.n_agreeing,
         scheduler.agree_feature.as_deref().unwrap_or("no gate"),
+        report.n_sound,
         scheduler.features.len(),
         scheduler.candidates.len(),
         report.l2,

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::plugins::deserialize_fields;
+use super::reliability::Reliability;
 use super::scheduler::{check_tau_bounds, param_error};
 use super::{clamp_renormalise, Bounds, DmsError, ModalityWeights, Scheduler, Signals};
 
@@ -20,6 +21,10 @@ pub const DEFAULT_FEATURES: [&str; 5] = [
     "text.uncertainty",
     "consistency",
 ];
+
+/// The features a learned plugin with reliability models adds: each modality's fitted
+/// reliability (see [`Reliability`]).
+pub const RELIABILITY_FEATURES: [&str; 2] = ["image.reliability", "text.reliability"];
 
 /// How a learned plugin was produced (written by `train-scheduler`; informational).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +61,10 @@ pub struct TrainedInfo {
 ///
 /// With one image the image gets exactly `e_1` and the text `2 - e_1`. A pair whose
 /// `agree_feature` is at least 0.5 (normally `consistency.answer`: both modalities alone give
-/// the same answer) skips the policy and gets `e_i = 1`. Serialises to and from the JSON plugin
+/// the same answer) skips the policy and gets `e_i = 1`. With `reliability` (the models of a
+/// calibrated rule, copied by `train-scheduler --reliability-from`), the features may include
+/// [`RELIABILITY_FEATURES`], and with `sound_gate` a request whose every modality's reliability
+/// is at least the gate gets plain fusion, as with the rule. Serialises to and from the JSON plugin
 /// format (see `plugins/README.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +92,12 @@ pub struct LearnedScheduler {
     /// A feature that, at 0.5 or more, gives its pair plain fusion without the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agree_feature: Option<String>,
+    /// Reliability models whose values are the features [`RELIABILITY_FEATURES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reliability: Option<Reliability>,
+    /// Plain fusion when every modality's reliability is at least this (needs `reliability`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sound_gate: Option<f32>,
     /// Provenance, if trained by `train-scheduler`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained: Option<TrainedInfo>,
@@ -125,8 +139,15 @@ impl LearnedScheduler {
             w_min: 0.0,
             w_max: default_w_max(),
             agree_feature: None,
+            reliability: None,
+            sound_gate: None,
             trained: None,
         }
+    }
+
+    /// Whether the sound gate holds: every modality's reliability is at least `sound_gate`.
+    pub fn is_sound(&self, signals: &Signals) -> bool {
+        is_sound(self.reliability.as_ref(), self.sound_gate, signals)
     }
 
     /// Whether image `i` and the text agree by [`LearnedScheduler::agree_feature`].
@@ -178,6 +199,18 @@ impl LearnedScheduler {
         if self.scale.iter().any(|s| *s <= 0.0) {
             return Err(err("scale", "values must be > 0".into()));
         }
+        if let Some(r) = &self.reliability {
+            r.validate()?;
+        }
+        match self.sound_gate {
+            Some(g) if !g.is_finite() => {
+                return Err(err("sound_gate", format!("must be finite (got {g})")))
+            }
+            Some(_) if self.reliability.is_none() => {
+                return Err(err("sound_gate", "needs `reliability`".into()))
+            }
+            _ => {}
+        }
         if self.candidates.iter().any(|c| !(0.0..=2.0).contains(c)) {
             return Err(err("candidates", "weights must be in [0, 2]".into()));
         }
@@ -186,11 +219,12 @@ impl LearnedScheduler {
 
     /// The standardised feature vector of image `i` of a request and the text.
     pub fn features_of(&self, signals: &Signals, i: usize) -> Vec<f32> {
+        let reliability = self.reliability.as_ref();
         self.features
             .iter()
             .zip(self.mean.iter().zip(&self.scale))
             .map(
-                |(name, (mean, scale))| match pair_feature(signals, i, name) {
+                |(name, (mean, scale))| match feature(signals, i, name, reliability) {
                     Some(x) => (x - mean) / scale,
                     None => 0.0,
                 },
@@ -286,6 +320,36 @@ pub fn pair_feature(signals: &Signals, i: usize, name: &str) -> Option<f32> {
     value.filter(|x| x.is_finite())
 }
 
+/// Feature `name` of image `i` and the text as a learned scheduler reads it: with reliability
+/// models, [`RELIABILITY_FEATURES`] are the fitted reliabilities of the image and the text;
+/// anything else is [`pair_feature`].
+pub fn feature(
+    signals: &Signals,
+    i: usize,
+    name: &str,
+    reliability: Option<&Reliability>,
+) -> Option<f32> {
+    let modality = RELIABILITY_FEATURES.iter().position(|f| *f == name);
+    match (modality, reliability) {
+        (Some(m), Some(r)) => {
+            let values = r.of(signals)?;
+            let at = if m == 0 { i } else { values.len() - 1 };
+            values.get(at).copied()
+        }
+        _ => pair_feature(signals, i, name),
+    }
+}
+
+/// Whether every modality's reliability under `reliability` is at least `gate` (false without
+/// either, or when a variant the models read is missing).
+pub fn is_sound(reliability: Option<&Reliability>, gate: Option<f32>, signals: &Signals) -> bool {
+    let (Some(r), Some(gate)) = (reliability, gate) else {
+        return false;
+    };
+    r.of(signals)
+        .is_some_and(|values| values.iter().all(|&v| v >= gate))
+}
+
 /// Every feature name a request's signals provide for image `i`: [`DEFAULT_FEATURES`] and the
 /// measured variants, sorted and without duplicates.
 pub fn available_features(signals: &Signals, i: usize) -> Vec<String> {
@@ -313,10 +377,14 @@ impl Scheduler for LearnedScheduler {
         self.trained.as_ref().and_then(|t| t.model.as_deref())
     }
 
+    fn reliabilities(&self, signals: &Signals) -> Option<Vec<f32>> {
+        self.reliability.as_ref()?.of(signals)
+    }
+
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {
         let n = signals.images.len();
-        if n == 0 {
-            return Ok(ModalityWeights::uniform(0));
+        if n == 0 || self.is_sound(signals) {
+            return Ok(ModalityWeights::uniform(n));
         }
         let relative: Vec<f64> = (0..n)
             .map(|i| {

@@ -150,3 +150,51 @@ fn validate_catches_shapes_and_values() {
     l.w_min = 3.0;
     assert_eq!(field(l), "w_min");
 }
+
+#[test]
+fn reliability_models_are_features_and_the_sound_gate_gives_plain_fusion() {
+    // The policy reads the fitted reliabilities instead of the confidences.
+    let mut l = example();
+    l.features = RELIABILITY_FEATURES.iter().map(|f| f.to_string()).collect();
+    l.reliability = Some(Reliability::reading("image.shift", "text.shift"));
+    l.validate().unwrap();
+    let mut s = pair(0.5, 0.5);
+    s.variants = vec![[
+        ("image.shift".to_string(), 0.7),
+        ("text.shift".to_string(), 0.3),
+    ]
+    .into()];
+    let rel = l.reliabilities(&s).unwrap();
+    assert!(rel[0] > 0.95 && rel[1] < 0.05, "{rel:?}");
+    assert_eq!(feature(&s, 0, "image.reliability", None), None);
+    assert_eq!(l.weights(&s).unwrap().images, vec![1.5]);
+    // Both at least as reliable as the gate: plain fusion whatever the policy says.
+    let gated = LearnedScheduler {
+        sound_gate: Some(0.01),
+        ..l.clone()
+    };
+    assert!(gated.is_sound(&s));
+    assert_eq!(gated.weights(&s).unwrap(), ModalityWeights::uniform(1));
+    let strict = LearnedScheduler {
+        sound_gate: Some(0.5),
+        ..l.clone()
+    };
+    assert!(!strict.is_sound(&s));
+    assert_eq!(strict.weights(&s).unwrap().images, vec![1.5]);
+    // A variant the models read is missing: the gate cannot hold, the feature is its mean.
+    s.variants[0].remove("text.shift");
+    assert!(!gated.is_sound(&s) && gated.reliabilities(&s).is_none());
+    // The plugin round-trips with its models; a gate without models is refused.
+    assert_eq!(
+        LearnedScheduler::from_json(&gated.to_json()).unwrap(),
+        gated
+    );
+    let orphan = LearnedScheduler {
+        reliability: None,
+        ..gated
+    };
+    match orphan.validate() {
+        Err(DmsError::InvalidParameter { field, .. }) => assert_eq!(field, "sound_gate"),
+        other => panic!("{other:?}"),
+    }
+}

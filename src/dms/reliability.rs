@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::DmsError;
+use super::learned::pair_feature;
+use super::{DmsError, Signals};
 
 /// A logistic model of one modality's reliability: `sigmoid(bias + sum_i w_i z_i)` with
 /// `z_i = (x_i - mean_i) / scale_i`, `x_i` the variant named `features[i]` (keys as in
@@ -157,6 +158,36 @@ impl Reliability {
     pub fn validate(&self) -> Result<(), DmsError> {
         self.image.validate()?;
         self.text.validate()
+    }
+
+    /// The reliability of every modality of a request: its images in order, then the text;
+    /// `None` when a variant a model reads was not measured.
+    pub fn of(&self, signals: &Signals) -> Option<Vec<f32>> {
+        let n_images = signals.images.len();
+        let mut out = Vec::with_capacity(n_images + 1);
+        for i in 0..n_images {
+            out.push(self.image.probability(|k| pair_feature(signals, i, k))?);
+        }
+        out.push(self.text.probability(|k| pair_feature(signals, 0, k))?);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+impl Reliability {
+    /// Test models that each read one variant: reliability `sigmoid(2 * (x - 0.5) / 0.1)`.
+    pub(crate) fn reading(image: &str, text: &str) -> Self {
+        let model = |feature: &str| ReliabilityModel {
+            features: vec![feature.to_string()],
+            mean: vec![0.5],
+            scale: vec![0.1],
+            weights: vec![2.0],
+            bias: 0.0,
+        };
+        Self {
+            image: model(image),
+            text: model(text),
+        }
     }
 }
 

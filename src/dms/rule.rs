@@ -148,13 +148,7 @@ impl RuleScheduler {
         let Some(r) = &self.reliability else {
             return Some(per.iter().map(|s| s.confidence).collect());
         };
-        let n_images = signals.images.len();
-        let mut out = Vec::with_capacity(per.len());
-        for i in 0..n_images {
-            out.push(r.image.probability(|k| pair_feature(signals, i, k))?);
-        }
-        out.push(r.text.probability(|k| pair_feature(signals, 0, k))?);
-        Some(out)
+        r.of(signals)
     }
 
     /// The weight bounds.
@@ -299,20 +293,9 @@ mod tests {
 
     #[test]
     fn reliability_models_replace_the_confidence() {
-        use crate::dms::{Reliability, ReliabilityModel};
-        let model = |feature: &str| ReliabilityModel {
-            features: vec![feature.to_string()],
-            mean: vec![0.5],
-            scale: vec![0.1],
-            weights: vec![2.0],
-            bias: 0.0,
-        };
         let r = RuleScheduler {
             alpha: 4.0,
-            reliability: Some(Reliability {
-                image: model("image.shift"),
-                text: model("text.shift"),
-            }),
+            reliability: Some(Reliability::reading("image.shift", "text.shift")),
             ..RuleScheduler::default()
         };
         r.validate().unwrap();

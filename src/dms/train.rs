@@ -13,7 +13,9 @@
 //! 3. full-batch gradient ascent on the mean expected reward `sum_k p_k r_k` minus
 //!    `l2 / 2 * |coef|^2`, deterministic;
 //! 4. an example whose agreement gate holds (`consistency.answer`: both modalities alone give
-//!    the same answer) gets plain fusion from the scheduler and is left out of the fit;
+//!    the same answer), or with reliability models whose sound gate holds (every modality's
+//!    reliability at least the gate), gets plain fusion from the scheduler and is left out of
+//!    the fit; the models' reliabilities are features too;
 //! 5. `l2` is chosen among [`L2S`] by group k-fold cross-validation (5 folds of whole groups: an
 //!    example's `group`, e.g. the suite seed it came from, else each example alone; shuffled
 //!    with the seed), scoring the reward of the weight the scheduler would pick; then the
@@ -40,8 +42,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::learned::{available_features, nearest_one, pair_feature};
-use super::{DmsError, LearnedScheduler, Signals, SplitMix64};
+use super::learned::{
+    available_features, feature, is_sound, nearest_one, pair_feature, RELIABILITY_FEATURES,
+};
+use super::{DmsError, LearnedScheduler, Reliability, Signals, SplitMix64};
 
 /// L2 strengths tried; the one with the best cross-validated reward is kept.
 pub const L2S: [f64; 4] = [1e-4, 1e-3, 1e-2, 1e-1];
@@ -137,6 +141,12 @@ pub struct TrainConfig {
     /// The scheduler's agreement gate (default `consistency.answer`; `None`: no gate). Used
     /// when every example has it: examples it gates get plain fusion and are not fitted.
     pub agree_feature: Option<String>,
+    /// Reliability models (of a calibrated rule) whose values become features and which the
+    /// scheduler carries (default none).
+    pub reliability: Option<Reliability>,
+    /// With `reliability`: examples whose every modality is at least this reliable get plain
+    /// fusion and are not fitted (default none).
+    pub sound_gate: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -150,6 +160,8 @@ impl Default for TrainConfig {
             temperature: 0.5,
             features: None,
             agree_feature: Some("consistency.answer".into()),
+            reliability: None,
+            sound_gate: None,
         }
     }
 }
@@ -175,6 +187,9 @@ impl TrainConfig {
         if self.features.as_ref().is_some_and(|f| f.is_empty()) {
             return bad("features must not be empty");
         }
+        if self.sound_gate.is_some() && self.reliability.is_none() {
+            return bad("a sound gate needs reliability models");
+        }
         Ok(())
     }
 }
@@ -198,6 +213,8 @@ pub struct TrainReport {
     pub n_skipped: usize,
     /// Used examples the agreement gate gives plain fusion (not fitted).
     pub n_agreeing: usize,
+    /// Used examples the sound gate (not the agreement gate) gives plain fusion (not fitted).
+    pub n_sound: usize,
     /// Cross-validation folds (0: too few groups to hold any out).
     pub n_folds: usize,
 }
@@ -226,12 +243,12 @@ pub fn read_examples(path: &Path) -> Result<Vec<TrainExample>, DmsError> {
     Ok(out)
 }
 
-/// An example reduced to raw features, per-candidate rewards and whether the gate holds.
+/// An example reduced to raw features, per-candidate rewards and whether a gate holds.
 #[derive(Clone)]
 struct Prepared {
     x: Vec<f64>,
     reward: Vec<f64>,
-    agrees: bool,
+    gated: bool,
 }
 
 /// A linear softmax policy: `coef` is candidates x features, row-major.
@@ -255,7 +272,7 @@ impl Policy {
     /// Full-batch gradient ascent on the mean expected reward minus `l2 / 2 * |coef|^2`, over
     /// the examples the gate leaves to the policy.
     fn fit(data: &[Prepared], k: usize, d: usize, l2: f64, config: &TrainConfig) -> Self {
-        let data: Vec<&Prepared> = data.iter().filter(|p| !p.agrees).collect();
+        let data: Vec<&Prepared> = data.iter().filter(|p| !p.gated).collect();
         let mut p = Policy {
             k,
             d,
@@ -289,12 +306,12 @@ impl Policy {
         p
     }
 
-    /// Mean reward of the candidate the scheduler picks: `one` (plain fusion) where the gate
+    /// Mean reward of the candidate the scheduler picks: `one` (plain fusion) where a gate
     /// holds, else the highest logit's.
     fn picked_reward(&self, data: &[Prepared], one: usize) -> f64 {
         let total: f64 = data
             .iter()
-            .map(|ex| match ex.agrees {
+            .map(|ex| match ex.gated {
                 true => ex.reward[one],
                 false => ex.reward[argmax(&self.logits(&ex.x))],
             })
@@ -328,13 +345,18 @@ fn candidate_key(w: f32) -> i64 {
     (f64::from(w) / CANDIDATE_STEP).round() as i64
 }
 
-/// The features every example provides (sorted), keeping only those that vary.
-fn common_features(examples: &[&TrainExample]) -> Vec<String> {
+/// The features every example provides (sorted), with the reliabilities when there are
+/// models.
+fn common_features(examples: &[&TrainExample], reliability: Option<&Reliability>) -> Vec<String> {
     let mut common: Option<BTreeSet<String>> = None;
     for ex in examples {
-        let have: BTreeSet<String> = available_features(&ex.signals, 0)
+        let mut names = available_features(&ex.signals, 0);
+        if reliability.is_some() {
+            names.extend(RELIABILITY_FEATURES.iter().map(|f| f.to_string()));
+        }
+        let have: BTreeSet<String> = names
             .into_iter()
-            .filter(|f| pair_feature(&ex.signals, 0, f).is_some())
+            .filter(|f| feature(&ex.signals, 0, f, reliability).is_some())
             .collect();
         common = Some(match common {
             None => have,
@@ -376,6 +398,7 @@ pub fn train(
             "the grids need at least two image weights in [0, 2]".into(),
         ));
     }
+    let reliability = config.reliability.as_ref();
     let gate = config.agree_feature.clone().filter(|f| {
         used.iter()
             .all(|e| pair_feature(&e.signals, 0, f).is_some())
@@ -383,7 +406,7 @@ pub fn train(
     let features = match &config.features {
         Some(f) => f.clone(),
         None => {
-            let mut all = common_features(&used);
+            let mut all = common_features(&used, reliability);
             all.retain(|f| Some(f) != gate.as_ref());
             all
         }
@@ -392,7 +415,7 @@ pub fn train(
         features
             .iter()
             .map(|f| {
-                pair_feature(&ex.signals, 0, f)
+                feature(&ex.signals, 0, f, reliability)
                     .map(f64::from)
                     .ok_or_else(|| {
                         DmsError::Train(format!("feature \"{f}\" is missing from an example"))
@@ -401,6 +424,7 @@ pub fn train(
             .collect()
     };
     let mut prepared = Vec::with_capacity(used.len());
+    let (mut n_agreeing, mut n_sound) = (0, 0);
     for ex in &used {
         let mut reward = vec![0.0; candidates.len()];
         for (g, r) in ex.grid.iter().zip(ex.rewards(config)) {
@@ -415,10 +439,13 @@ pub fn train(
             .as_deref()
             .and_then(|f| pair_feature(&ex.signals, 0, f))
             .is_some_and(|v| v >= 0.5);
+        let sound = !agrees && is_sound(reliability, config.sound_gate, &ex.signals);
+        n_agreeing += usize::from(agrees);
+        n_sound += usize::from(sound);
         prepared.push(Prepared {
             x: raw(ex)?,
             reward,
-            agrees,
+            gated: agrees || sound,
         });
     }
     // Standardise, dropping features that do not vary.
@@ -547,6 +574,8 @@ pub fn train(
         .collect();
     scheduler.bias = policy.bias.iter().map(|v| *v as f32).collect();
     scheduler.agree_feature = gate;
+    scheduler.reliability = config.reliability.clone();
+    scheduler.sound_gate = config.sound_gate;
     let report = TrainReport {
         train_reward,
         valid_reward,
@@ -554,7 +583,8 @@ pub fn train(
         l2: best.1,
         n_used: used.len(),
         n_skipped: examples.len() - used.len(),
-        n_agreeing: prepared.iter().filter(|p| p.agrees).count(),
+        n_agreeing,
+        n_sound,
         n_folds: if cross_validated { n_folds } else { 0 },
     };
     Ok((scheduler, report))

@@ -244,3 +244,36 @@ fn read_examples_reports_line_numbers() {
     std::fs::write(&empty, "\n\n").unwrap();
     assert!(read_examples(&empty).is_err());
 }
+
+#[test]
+fn reliability_models_add_features_and_the_sound_gate_leaves_examples_to_plain_fusion() {
+    let data = synthetic(100, 3);
+    let reliability = Reliability::reading("image.confidence.topk", "image.confidence.topk");
+    let cfg = TrainConfig {
+        epochs: 300,
+        reliability: Some(reliability.clone()),
+        sound_gate: Some(0.5),
+        ..TrainConfig::default()
+    };
+    let (model, report) = train(&data, &cfg, None).unwrap();
+    let sound = data
+        .iter()
+        .filter(|e| e.signals.variants[0]["image.confidence.topk"] >= 0.5)
+        .count();
+    assert_eq!((report.n_sound, report.n_agreeing), (sound, 0));
+    assert!(model.features.contains(&"image.reliability".to_string()));
+    assert_eq!(
+        (model.reliability.as_ref(), model.sound_gate),
+        (Some(&reliability), Some(0.5))
+    );
+    // Sound inputs get plain fusion; an unsure image is still down-weighted.
+    let w = model.weights(&one_image(0.9)).unwrap();
+    assert_eq!(w, crate::dms::ModalityWeights::uniform(1));
+    assert_eq!(model.weights(&one_image(0.1)).unwrap().images[0], 0.5);
+    // A gate needs models.
+    let orphan = TrainConfig {
+        reliability: None,
+        ..cfg
+    };
+    assert!(train(&data, &orphan, None).is_err());
+}
