@@ -54,6 +54,8 @@ fn one_repetition_reports_every_figure_and_compares_with_a_peer() {
         &peer_url,
         "--peer-api-key",
         "peer-secret",
+        "--concurrent",
+        "2",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -73,6 +75,9 @@ fn one_repetition_reports_every_figure_and_compares_with_a_peer() {
             "ttft_repeat_image_ms",
             "image_encode_ms",
             "dms_ms",
+            "dms_encode_ms",
+            "dms_image_passes_ms",
+            "dms_text_passes_ms",
             "prefill_tok_s",
             "decode_tok_s",
         ] {
@@ -83,6 +88,13 @@ fn one_repetition_reports_every_figure_and_compares_with_a_peer() {
     // DMS off runs no signal passes; rule and learned do, on the image prompt.
     assert_eq!(modes[0]["dms_ms"]["median"], 0.0);
     assert!(modes[1]["dms_ms"]["median"].as_f64().unwrap() > 0.0);
+    // The families add up to no more than the stage: encode, image passes, text passes.
+    let median = |m: &Value, f: &str| m[f]["median"].as_f64().unwrap();
+    let families = ["dms_encode_ms", "dms_image_passes_ms", "dms_text_passes_ms"];
+    let parts: f64 = families.iter().map(|f| median(&modes[1], f)).sum();
+    assert!(median(&modes[1], "dms_image_passes_ms") > 0.0);
+    assert!(median(&modes[1], "dms_text_passes_ms") > 0.0);
+    assert!(parts <= median(&modes[1], "dms_ms") + 1e-6, "{parts}");
     for table in [
         "ttft_text_vs_off",
         "ttft_image_vs_off",
@@ -103,21 +115,28 @@ fn one_repetition_reports_every_figure_and_compares_with_a_peer() {
     assert_eq!(peer["url"], peer_url.as_str());
     assert!(peer["image_error"].is_null(), "{}", peer["image_error"]);
     for side in ["ours", "peer"] {
-        for field in ["ttft_text_ms", "ttft_image_ms", "decode_tok_s"] {
+        for field in [
+            "ttft_text_ms",
+            "ttft_image_ms",
+            "decode_tok_s",
+            "aggregate_tok_s",
+        ] {
             assert!(is_stat(&peer[side][field]), "{side}/{field}");
         }
     }
-    for key in ["ttft_text", "ttft_image", "decode_tok_s"] {
+    assert_eq!(peer["concurrent"], 2);
+    for key in ["ttft_text", "ttft_image", "decode_tok_s", "aggregate_tok_s"] {
         assert!(peer["ours_over_peer"][key].as_f64().unwrap() > 0.0);
     }
     let aims = report["aims"].as_array().unwrap();
-    assert_eq!(aims.len(), 3);
+    assert_eq!(aims.len(), 6);
     assert!(aims
         .iter()
         .all(|a| a["value"].is_number() && a["met"].is_boolean()));
 
     let md = std::fs::read_to_string(out.join("bench.md")).unwrap();
     assert!(md.contains("| rule |") && md.contains("ours / peer"));
+    assert!(md.contains("per pass family") && md.contains("aggregate tok/s"));
     nonempty_png(&out.join("bench_ttft.png"));
     nonempty_png(&out.join("bench_peer.png"));
 }

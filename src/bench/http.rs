@@ -157,6 +157,36 @@ pub fn stream_chat(base: &str, api_key: Option<&str>, body: &Value) -> Result<Ht
     })
 }
 
+/// Sends every body of `bodies` at once, one client thread each, to `<base>/chat/completions`
+/// and returns their generated tokens together per second of wall time (from the first send
+/// to the end of the last stream).
+pub fn concurrent_tok_s(
+    base: &str,
+    api_key: Option<&str>,
+    bodies: &[Value],
+) -> Result<f64, String> {
+    let start = Instant::now();
+    let samples: Vec<Result<HttpSample, String>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = bodies
+            .iter()
+            .map(|body| scope.spawn(move || stream_chat(base, api_key, body)))
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| Err("a client thread panicked".into()))
+            })
+            .collect()
+    });
+    let wall_s = start.elapsed().as_secs_f64();
+    let mut tokens = 0;
+    for sample in samples {
+        tokens += sample?.completion_tokens;
+    }
+    Ok(tokens as f64 / wall_s.max(1e-9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

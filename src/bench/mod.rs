@@ -245,6 +245,15 @@ pub struct ModeFigures {
     pub image_encode_ms: Option<Stat>,
     /// DMS stage time of a new image prompt (ms).
     pub dms_ms: Option<Stat>,
+    /// Of that: the vision encoder (ms).
+    #[serde(default)]
+    pub dms_encode_ms: Option<Stat>,
+    /// Of that: the image's signal passes (unimodal, continuation, dropout) (ms).
+    #[serde(default)]
+    pub dms_image_passes_ms: Option<Stat>,
+    /// Of that: the text evidence's signal passes (ms).
+    #[serde(default)]
+    pub dms_text_passes_ms: Option<Stat>,
     /// Prefill speed of the text-only prompt (positions per second).
     pub prefill_tok_s: Option<Stat>,
     /// Decode speed of the text-only prompt (tokens per second).
@@ -266,6 +275,9 @@ impl ModeFigures {
             ttft_repeat_image_ms: stat(&|r| r.repeat.ttft_ms),
             image_encode_ms: stat(&|r| r.image.encode_ms()),
             dms_ms: stat(&|r| r.image.done.dms.timings_ms.total_ms),
+            dms_encode_ms: stat(&|r| r.image.done.dms.timings_ms.encode_ms),
+            dms_image_passes_ms: stat(&|r| r.image.done.dms.timings_ms.image_passes_ms),
+            dms_text_passes_ms: stat(&|r| r.image.done.dms.timings_ms.text_passes_ms),
             prefill_tok_s: stat(&|r| r.text.prefill_tok_s()),
             decode_tok_s: stat(&|r| r.text.decode_tok_s()),
             repeat_image_from_cache: rounds.iter().all(|r| {

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{exit_code, fail, write_report, ModelArgs};
 use crate::api::{router, AppState, Limits};
-use crate::bench::http::{chat_body, first_model, stream_chat, HttpSample};
+use crate::bench::http::{chat_body, concurrent_tok_s, first_model, stream_chat, HttpSample};
 use crate::bench::report::{
     aims, markdown, mode_ratios, peer_ratios, write_plots, BenchReport, HttpFigures, PeerComparison,
 };
@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// `http://127.0.0.1:8081/v1` for llama.cpp's llama-server) to compare against.
     #[arg(long)]
     pub peer: Option<String>,
+    /// With `--peer`: clients that send text prompts at once for the aggregate tokens/s (0
+    /// skips it). Give our engine as many slots (`--parallel`) as the peer has.
+    #[arg(long, default_value_t = 4)]
+    pub concurrent: usize,
     /// API key for the peer.
     #[arg(long, env = "LLAMA_DMS_PEER_API_KEY")]
     pub peer_api_key: Option<String>,
@@ -90,10 +94,10 @@ pub(super) fn bench(args: &BenchArgs) -> ExitCode {
         );
     }
 
-    let peer_rounds = if args.peer.is_some() {
-        args.reps + 1
-    } else {
-        0
+    let peer_rounds = match (&args.peer, args.concurrent) {
+        (None, _) => 0,
+        (Some(_), 0) => args.reps + 1,
+        (Some(_), _) => 2 * (args.reps + 1),
     };
     let bar = ProgressBar::new(((args.reps + 1) * modes.len() + peer_rounds) as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} (eta {eta})")
@@ -182,6 +186,7 @@ fn compare_with_peer(
     struct Side {
         text: Vec<HttpSample>,
         image: Vec<HttpSample>,
+        aggregate_tok_s: Vec<f64>,
     }
     let mut sides = [Side::default(), Side::default()];
     let mut image_error = None;
@@ -227,14 +232,39 @@ fn compare_with_peer(
         }
         bar.inc(1);
     }
+    // Then several clients at once, each with its own prompt, the sides taking turns.
+    for rep in (0..=args.reps).filter(|_| args.concurrent > 0) {
+        bar.set_message(format!(
+            "peer repetition {rep}, {} clients",
+            args.concurrent
+        ));
+        for k in 0..2 {
+            let side = (k + rep) % 2;
+            let (url, key) = servers[side];
+            let bodies: Vec<_> = (0..args.concurrent)
+                .map(|c| {
+                    let nonce = 0xa66e_0000 + (rep * 64 + c) as u64;
+                    let system = system_prompt(nonce);
+                    chat_body(&models[side], &system, None, TEXT_QUESTION, args.max_tokens)
+                })
+                .collect();
+            let rate = concurrent_tok_s(url, key, &bodies)?;
+            if rep > 0 {
+                sides[side].aggregate_tok_s.push(rate);
+            }
+        }
+        bar.inc(1);
+    }
     let figures = |s: &Side| HttpFigures {
         ttft_text_ms: Stat::of(&s.text.iter().map(|x| x.ttft_ms).collect::<Vec<_>>()),
         ttft_image_ms: Stat::of(&s.image.iter().map(|x| x.ttft_ms).collect::<Vec<_>>()),
         decode_tok_s: Stat::of(&s.text.iter().map(|x| x.decode_tok_s()).collect::<Vec<_>>()),
+        aggregate_tok_s: Stat::of(&s.aggregate_tok_s),
     };
     let (ours, peer) = (figures(&sides[0]), figures(&sides[1]));
     Ok(PeerComparison {
         url: peer_url,
+        concurrent: args.concurrent,
         ours_over_peer: peer_ratios(&ours, &peer),
         ours,
         peer,
