@@ -309,3 +309,32 @@ fn offline_demo_fails_with_one_line_and_leaves_nothing() {
         target.display()
     );
 }
+
+#[test]
+fn signal_passes_measure_large_images_on_pooled_rows() {
+    use common::dms::{hint, noisy_png, request, run};
+    use llama_dms::engine::{DmsMode, DmsSettings};
+    let Some(paths) = common::demo_paths() else {
+        return;
+    };
+    // 144 image tokens (12 x 12): above the default budget of 64 rows the passes see 6 x 6
+    // pooled rows; with a budget of 144 or none they see all 144, and measure the same.
+    let shaped = shaped_demo(&paths, 144);
+    let engine = common::dms::engine(&shaped, 0);
+    let measure = |max_image_rows: usize| {
+        let dms = DmsSettings {
+            max_image_rows,
+            ..DmsSettings::mode(DmsMode::Rule)
+        };
+        let image = noisy_png([200, 30, 30], 40.0, 3);
+        let (_, report) = run(&engine, request(image, &hint("red"), dms));
+        let signals = report
+            .signals
+            .expect("a rule request with evidence has signals");
+        signals.images[0]
+    };
+    let (pooled, all, budget) = (measure(64), measure(0), measure(144));
+    assert_eq!(all, budget);
+    assert_ne!(pooled, all);
+    assert!(pooled.confidence.is_finite() && pooled.uncertainty.is_finite());
+}

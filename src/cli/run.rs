@@ -50,6 +50,10 @@ pub struct DmsArgs {
     /// 2x2 average-pool image rows for the signal passes (cheaper).
     #[arg(long)]
     pub pool_images: bool,
+    /// Image rows above which the signal passes pool an image 2x2 again, until at most this
+    /// many remain (0: no limit; default 64).
+    #[arg(long)]
+    pub max_image_rows: Option<usize>,
     /// Consistency signal the scheduler sees (default input).
     #[arg(long, value_parser = ["js", "hidden", "input"])]
     pub consistency: Option<String>,
@@ -85,6 +89,7 @@ impl DmsArgs {
             mc_samples: self.mc_samples.unwrap_or(d.mc_samples),
             dropout: self.dropout.unwrap_or(d.dropout),
             pool_images: self.pool_images,
+            max_image_rows: self.max_image_rows.unwrap_or(d.max_image_rows),
             consistency: match self.consistency.as_deref() {
                 Some("hidden") => ConsistencyVariant::Hidden,
                 Some("input") => ConsistencyVariant::Input,

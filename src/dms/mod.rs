@@ -51,7 +51,7 @@ pub use signals::{
     answer_agreement, answer_word, apply_dropout, apply_row_keyed_dropout, apply_token_dropout,
     argmax, avg_pool_2x2, confidence, cosine_consistency, entropy, flip_rate, js_consistency,
     l2_normalise, log_softmax, mean_pool, mutual_information, mwc_loss, top2_probabilities,
-    top_k_share, ModalitySignals, Signals, SplitMix64,
+    top_k_share, ModalitySignals, Pooling, Signals, SplitMix64,
 };
 pub use train::{read_examples, train, GridPoint, TrainConfig, TrainExample, TrainReport};
 

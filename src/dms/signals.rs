@@ -365,6 +365,45 @@ pub fn avg_pool_2x2(
     (out, out_w, out_h)
 }
 
+/// How the image rows of a signal pass are pooled: [`avg_pool_2x2`] `at_least` times, then
+/// again while more than `max_rows` rows remain (a grid that is not square, or one row wide, is
+/// left as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pooling {
+    /// Poolings applied whatever the size.
+    pub at_least: usize,
+    /// Rows above which the grid is pooled again.
+    pub max_rows: usize,
+}
+
+impl Pooling {
+    /// No pooling at all.
+    pub const NONE: Pooling = Pooling {
+        at_least: 0,
+        max_rows: usize::MAX,
+    };
+
+    /// The rows of a square grid pooled as this says.
+    pub fn apply(&self, rows: &[f32], width: usize) -> Vec<f32> {
+        let mut out = rows.to_vec();
+        if width == 0 {
+            return out;
+        }
+        let mut done = 0;
+        loop {
+            let n = out.len() / width;
+            let side = n.isqrt();
+            let wanted = done < self.at_least || n > self.max_rows;
+            if !wanted || side * side != n || side < 2 {
+                break;
+            }
+            out = avg_pool_2x2(&out, width, side, side).0;
+            done += 1;
+        }
+        out
+    }
+}
+
 /// Modality Weight Consistency loss `sum_m w_m * ||z_fused - z_m||^2 / M`, where every `z` is
 /// L2-normalised here and `M = weights.len()`. Non-finite weights count as 0; only the first
 /// `min(weights.len(), unimodal.len())` modalities contribute. Always finite and >= 0.

@@ -159,6 +159,32 @@ fn avg_pool_grid() {
 }
 
 #[test]
+fn pooling_meets_the_row_budget() {
+    let grid = |n: usize| (0..n).map(|i| i as f32).collect::<Vec<f32>>();
+    let budget = Pooling {
+        at_least: 0,
+        max_rows: 64,
+    };
+    // 24 x 24 (LLaVA-1.5) -> 12 x 12 -> 6 x 6; 16 x 16 -> 8 x 8; the demo's 4 x 4 stays.
+    assert_eq!(budget.apply(&grid(576), 1).len(), 36);
+    assert_eq!(budget.apply(&grid(256), 1).len(), 64);
+    assert_eq!(budget.apply(&grid(16), 1), grid(16));
+    // Width 2: rows of two floats each; a pooled row is the mean of its four.
+    let pooled = budget.apply(&grid(2 * 144), 2);
+    assert_eq!(pooled.len(), 2 * 36);
+    assert_eq!(&pooled[..2], &[13.0, 14.0]);
+    // Forced once; not square or one row: left as it is; NONE never pools.
+    let once = Pooling {
+        at_least: 1,
+        ..budget
+    };
+    assert_eq!(once.apply(&grid(16), 1).len(), 4);
+    assert_eq!(once.apply(&grid(10), 1), grid(10));
+    assert_eq!(once.apply(&grid(1), 1), grid(1));
+    assert_eq!(Pooling::NONE.apply(&grid(576), 1).len(), 576);
+}
+
+#[test]
 fn mwc_loss_cases() {
     let z = vec![1.0, 0.0];
     assert_eq!(mwc_loss(&[1.0, 1.0], &z, &[z.clone(), vec![2.0, 0.0]]), 0.0);

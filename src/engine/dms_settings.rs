@@ -145,6 +145,9 @@ pub struct DmsSettings {
     pub dropout: f32,
     /// Average-pool image rows 2x2 for the signal passes (cheaper, less exact).
     pub pool_images: bool,
+    /// Image rows above which a signal pass pools an image's rows 2x2 again, until at most
+    /// this many remain (0: no limit). The answer itself always sees every row.
+    pub max_image_rows: usize,
     /// Which consistency signal the scheduler sees.
     pub consistency: ConsistencyVariant,
     /// Which confidence the scheduler sees.
@@ -164,6 +167,7 @@ impl Default for DmsSettings {
             mc_samples: 4,
             dropout: 0.3,
             pool_images: false,
+            max_image_rows: MAX_SIGNAL_IMAGE_ROWS,
             consistency: ConsistencyVariant::default(),
             confidence: ConfidenceVariant::default(),
             answer_tokens: 10,
@@ -182,6 +186,17 @@ impl DmsSettings {
         }
     }
 
+    /// How the signal passes pool image rows.
+    pub fn pooling(&self) -> crate::dms::Pooling {
+        crate::dms::Pooling {
+            at_least: usize::from(self.pool_images),
+            max_rows: match self.max_image_rows {
+                0 => usize::MAX,
+                n => n,
+            },
+        }
+    }
+
     /// The given mode with default settings.
     pub fn mode(mode: DmsMode) -> Self {
         Self {
@@ -190,6 +205,10 @@ impl DmsSettings {
         }
     }
 }
+
+/// Default [`DmsSettings::max_image_rows`]: a 24x24 (LLaVA-1.5) image is measured on 6x6
+/// pooled rows, 16x16 on 8x8, and the demo's 4x4 as it is.
+pub const MAX_SIGNAL_IMAGE_ROWS: usize = 64;
 
 /// Largest accepted `mc_samples`.
 pub const MAX_MC_SAMPLES: usize = 16;

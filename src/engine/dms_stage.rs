@@ -20,7 +20,7 @@ use std::time::Instant;
 use crate::dms::{
     answer_agreement, apply_row_keyed_dropout, apply_token_dropout, confidence, cosine_consistency,
     flip_rate, js_consistency, mean_pool, mutual_information, top2_probabilities, top_k_share,
-    ModalitySignals, Registry, Scheduler, Signals,
+    ModalitySignals, Pooling, Registry, Scheduler, Signals,
 };
 use crate::llama::{ChunkKind, Token};
 
@@ -199,13 +199,15 @@ impl Runtime<'_> {
         // Text first: its answer distribution is needed for every image's consistency.
         let t = Instant::now();
         let u = self
-            .unimodal_rows(&unimodal.text, &[], true, None)?
+            .unimodal_rows(&unimodal.text, &[], Pooling::NONE, None)?
             .ok_or_else(|| EngineError::Internal("evidence without text rows".into()))?;
         let null = unimodal.null.text_tokens();
         let text = self.measure(&u, &null, settings, settings.seed ^ 0x7e57_7e57)?;
         let text_input = mean_of_flagged(&u.body, width);
         timings.text_passes_ms = ms(t);
 
+        // What shapes an image's dropout masks (and so its recorded signals); the row budget
+        // changes only which rows they apply to, so it keys the cache but not the seed.
         let settings_key = format!(
             "{}/{}/{}/{}/{}",
             settings.mc_samples,
@@ -229,7 +231,8 @@ impl Runtime<'_> {
                 unimodal.context_key.as_bytes(),
                 settings_key.as_bytes(),
             ];
-            let key = content_key(&parts);
+            let budget = settings.max_image_rows.to_le_bytes();
+            let key = content_key(&[parts[0], parts[1], parts[2], &budget]);
             let entry = match cache.0.get(key) {
                 Some(e) => {
                     hits += 1;
@@ -241,7 +244,7 @@ impl Runtime<'_> {
                     timings.encode_ms += ms(t);
                     let t = Instant::now();
                     let u = self
-                        .unimodal_rows(image_prompt, &rows, settings.pool_images, None)?
+                        .unimodal_rows(image_prompt, &rows, settings.pooling(), None)?
                         .ok_or_else(|| {
                             EngineError::Internal("image prompt without image rows".into())
                         })?;

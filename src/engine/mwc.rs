@@ -7,7 +7,7 @@ use super::passes::Unimodal;
 use super::prompt::Prompt;
 use super::runtime::Runtime;
 use super::EngineError;
-use crate::dms::{mwc_loss, ModalityWeights};
+use crate::dms::{mwc_loss, ModalityWeights, Pooling};
 
 impl Runtime<'_> {
     /// `L_mwc(weights)` of `prompt`: one clean pass per image alone, one of the text alone
@@ -22,19 +22,19 @@ impl Runtime<'_> {
         for image_prompt in &unimodal.images {
             let rows = self.encode_all(image_prompt)?;
             let u = self
-                .unimodal_rows(image_prompt, &rows, false, None)?
+                .unimodal_rows(image_prompt, &rows, Pooling::NONE, None)?
                 .ok_or_else(|| EngineError::Internal("image prompt without image rows".into()))?;
             unimodal_z.push(self.hidden_mean(&u)?);
         }
         unimodal_z.push(
-            match self.unimodal_rows(&unimodal.text, &[], false, None)? {
+            match self.unimodal_rows(&unimodal.text, &[], Pooling::NONE, None)? {
                 Some(u) => self.hidden_mean(&u)?,
                 None => Vec::new(),
             },
         );
         let rows = self.encode_all(prompt)?;
         let joint = self
-            .unimodal_rows(prompt, &rows, false, Some(weights))?
+            .unimodal_rows(prompt, &rows, Pooling::NONE, Some(weights))?
             .ok_or_else(|| EngineError::Internal("a prompt without modality rows".into()))?;
         let fused = self.hidden_mean(&joint)?;
         let w: Vec<f32> = weights

@@ -2,7 +2,7 @@
 //! several bodies decoded as parallel sequences behind one shared prefix, and a short greedy
 //! continuation of a pass (where the answer is decided).
 
-use crate::dms::{argmax, avg_pool_2x2, mean_pool};
+use crate::dms::{argmax, mean_pool, Pooling};
 use crate::llama::{Batch, ChunkKind, LlamaError, Token};
 
 use super::prompt::{Piece, Prompt};
@@ -38,7 +38,7 @@ type PassRow<'a> = (&'a [f32], i32, i32, Option<(usize, bool)>);
 impl Runtime<'_> {
     /// Rows of a unimodal prompt split into prefix / modality body / suffix. For the text
     /// prompt the body spans the evidence pieces; for an image prompt it is the image piece,
-    /// whose encoded rows are `encoded` (optionally 2x2-pooled). With `joint` weights the
+    /// whose encoded rows are `encoded`, pooled as `pooling` says. With `joint` weights the
     /// prompt is the whole request: user text and images both count as modality rows, each
     /// scaled by its weight. `None` when the prompt has no modality rows (e.g. a request
     /// without evidence).
@@ -46,7 +46,7 @@ impl Runtime<'_> {
         &self,
         prompt: &Prompt,
         encoded: &[Vec<f32>],
-        pool: bool,
+        pooling: Pooling,
         joint: Option<&ModalityWeights>,
     ) -> Result<Option<Unimodal>, EngineError> {
         let width = self.model().n_embd_inp();
@@ -102,13 +102,7 @@ impl Runtime<'_> {
                                 EngineError::Internal("image rows missing for a signal pass".into())
                             })?;
                             image_chunk += 1;
-                            let n = rows.len() / width;
-                            let side = (n as f64).sqrt() as usize;
-                            let mut rows = if pool && side * side == n && side > 1 {
-                                avg_pool_2x2(rows, width, side, side).0
-                            } else {
-                                rows.clone()
-                            };
+                            let mut rows = pooling.apply(rows, width);
                             if weight != 1.0 {
                                 rows.iter_mut().for_each(|v| *v *= weight);
                             }
