@@ -144,11 +144,16 @@ impl RuleScheduler {
     /// `reliability` the fitted reliabilities; `None` when a variant that model reads was not
     /// measured.
     fn trust(&self, signals: &Signals) -> Option<Vec<f32>> {
-        let per = signals.per_modality();
-        let Some(r) = &self.reliability else {
-            return Some(per.iter().map(|s| s.confidence).collect());
-        };
-        r.of(signals)
+        match &self.reliability {
+            Some(r) => r.of(signals),
+            None => Some(
+                signals
+                    .per_modality()
+                    .iter()
+                    .map(|s| s.confidence)
+                    .collect(),
+            ),
+        }
     }
 
     /// The weight bounds.
@@ -178,8 +183,7 @@ impl Scheduler for RuleScheduler {
     }
 
     fn reliabilities(&self, signals: &Signals) -> Option<Vec<f32>> {
-        self.reliability.as_ref()?;
-        self.trust(signals)
+        self.reliability.as_ref()?.of(signals)
     }
 
     fn weights(&self, signals: &Signals) -> Result<ModalityWeights, DmsError> {

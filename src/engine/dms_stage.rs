@@ -216,6 +216,7 @@ impl Runtime<'_> {
             settings.answer_tokens,
             settings.seed
         );
+        let cache_settings = format!("{settings_key}/{}", settings.max_image_rows);
         let mut variants = SignalVariants {
             text: text.variants.clone(),
             text_answer: text.answer.clone(),
@@ -226,13 +227,9 @@ impl Runtime<'_> {
         let (mut hidden_cons, mut input_cons) = (Vec::new(), Vec::new());
         let mut hits = 0;
         for (i, image_prompt) in unimodal.images.iter().enumerate() {
-            let parts = [
-                image_bytes[i],
-                unimodal.context_key.as_bytes(),
-                settings_key.as_bytes(),
-            ];
-            let budget = settings.max_image_rows.to_le_bytes();
-            let key = content_key(&[parts[0], parts[1], parts[2], &budget]);
+            let context = unimodal.context_key.as_bytes();
+            let parts = [image_bytes[i], context, settings_key.as_bytes()];
+            let key = content_key(&[image_bytes[i], context, cache_settings.as_bytes()]);
             let entry = match cache.0.get(key) {
                 Some(e) => {
                     hits += 1;
