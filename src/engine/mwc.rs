@@ -6,32 +6,25 @@ use super::dms_stage::UnimodalPrompts;
 use super::passes::Unimodal;
 use super::prompt::Prompt;
 use super::runtime::Runtime;
+use super::lru::{content_key, ContentKey};
 use super::EngineError;
 use crate::dms::{mwc_loss, ModalityWeights, Pooling};
 
 impl Runtime<'_> {
     /// `L_mwc(weights)` of `prompt`: one clean pass per image alone, one of the text alone
-    /// and one of the whole prompt under `weights` (images unpooled in all of them).
+    /// and one of the whole prompt under `weights` (images unpooled in all of them). The
+    /// unimodal passes are kept for the next call on the same unimodal prompts.
     pub(super) fn mwc(
         &mut self,
         prompt: &Prompt,
         unimodal: &UnimodalPrompts,
         weights: &ModalityWeights,
     ) -> Result<f32, EngineError> {
-        let mut unimodal_z = Vec::with_capacity(unimodal.images.len() + 1);
-        for image_prompt in &unimodal.images {
-            let rows = self.encode_all(image_prompt)?;
-            let u = self
-                .unimodal_rows(image_prompt, &rows, Pooling::NONE, None)?
-                .ok_or_else(|| EngineError::Internal("image prompt without image rows".into()))?;
-            unimodal_z.push(self.hidden_mean(&u)?);
-        }
-        unimodal_z.push(
-            match self.unimodal_rows(&unimodal.text, &[], Pooling::NONE, None)? {
-                Some(u) => self.hidden_mean(&u)?,
-                None => Vec::new(),
-            },
-        );
+        let key = unimodal_key(unimodal);
+        let unimodal_z = match self.mwc_unimodal.take() {
+            Some((k, z)) if k == key => z,
+            _ => self.unimodal_hidden(unimodal)?,
+        };
         let rows = self.encode_all(prompt)?;
         let joint = self
             .unimodal_rows(prompt, &rows, Pooling::NONE, Some(weights))?
@@ -43,7 +36,29 @@ impl Runtime<'_> {
             .copied()
             .chain([weights.text])
             .collect();
-        Ok(mwc_loss(&w, &fused, &unimodal_z))
+        let loss = mwc_loss(&w, &fused, &unimodal_z);
+        self.mwc_unimodal = Some((key, unimodal_z));
+        Ok(loss)
+    }
+
+    /// The mean hidden state of one clean pass per image alone and one of the text alone (empty
+    /// without text), in that order.
+    fn unimodal_hidden(&mut self, unimodal: &UnimodalPrompts) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut z = Vec::with_capacity(unimodal.images.len() + 1);
+        for image_prompt in &unimodal.images {
+            let rows = self.encode_all(image_prompt)?;
+            let u = self
+                .unimodal_rows(image_prompt, &rows, Pooling::NONE, None)?
+                .ok_or_else(|| EngineError::Internal("image prompt without image rows".into()))?;
+            z.push(self.hidden_mean(&u)?);
+        }
+        z.push(
+            match self.unimodal_rows(&unimodal.text, &[], Pooling::NONE, None)? {
+                Some(u) => self.hidden_mean(&u)?,
+                None => Vec::new(),
+            },
+        );
+        Ok(z)
     }
 
     /// Mean last-layer hidden state over the modality rows of one clean pass of `u`.
@@ -55,4 +70,16 @@ impl Runtime<'_> {
             .and_then(|o| o.hidden_mean)
             .ok_or_else(|| EngineError::Internal("the context gives no hidden states".into()))
     }
+}
+
+/// The identity of a request's unimodal prompts (what their hidden states depend on).
+fn unimodal_key(unimodal: &UnimodalPrompts) -> ContentKey {
+    let keys: Vec<ContentKey> = unimodal
+        .images
+        .iter()
+        .chain([&unimodal.text])
+        .map(Prompt::content_key)
+        .collect();
+    let parts: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+    content_key(&parts)
 }

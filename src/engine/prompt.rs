@@ -276,6 +276,27 @@ impl Prompt {
         content_key(&[&image, &(ordinal as u64).to_le_bytes()])
     }
 
+    /// The identity of the whole prompt: its pieces in order, text by token and images by pixel
+    /// key (equal prompts, however they were built, get the same key).
+    pub fn content_key(&self) -> ContentKey {
+        let mut bytes: Vec<u8> = Vec::new();
+        bytes.extend(self.bos.iter().flat_map(|t| t.to_le_bytes()));
+        for p in &self.pieces {
+            match p {
+                Piece::Text { tokens, evidence } => {
+                    bytes.push(if *evidence { b'e' } else { b't' });
+                    bytes.extend((tokens.len() as u64).to_le_bytes());
+                    bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
+                }
+                Piece::Image { index, .. } => {
+                    bytes.push(b'i');
+                    bytes.extend(self.image_keys.get(*index).copied().unwrap_or_default());
+                }
+            }
+        }
+        content_key(&[&bytes])
+    }
+
     /// KV positions the prompt occupies.
     pub fn n_positions(&self) -> usize {
         usize::from(self.bos.is_some())

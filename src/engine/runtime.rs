@@ -8,7 +8,7 @@ use crate::llama::{
     Batch, Context, ContextParams, Model, Mtmd, MtmdParams, Token, TokenEmbeddings,
 };
 
-use super::lru::Lru;
+use super::lru::{ContentKey, Lru};
 use super::prompt::Prompt;
 use super::prompt_cache::prompt_units;
 use super::{EngineError, ModalityWeights};
@@ -72,6 +72,9 @@ pub struct Runtime<'m> {
     pub(super) pass_prefix: Option<Vec<Token>>,
     /// Fault injection (tests only): panic after the next decode of parallel signal passes.
     pub(super) fault_signal_pass: bool,
+    /// The unimodal hidden states of the last MWC measurement, by the key of its unimodal
+    /// prompts: a weight grid asks for the same ones at every point.
+    pub(super) mwc_unimodal: Option<(ContentKey, Vec<Vec<f32>>)>,
 }
 
 impl<'m> Runtime<'m> {
@@ -104,6 +107,7 @@ impl<'m> Runtime<'m> {
             embeddings: Lru::new(config.image_cache_bytes),
             pass_prefix: None,
             fault_signal_pass: false,
+            mwc_unimodal: None,
         })
     }
 
