@@ -133,7 +133,7 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
     }
     println!(
         "{}: {} examples ({} cross-validation folds, {} without exactly one image left out, {} \
-         gated to plain fusion by {}, {} by the sound gate), {} features, {} candidate weights, l2 {}; reward of the \
+         gated to plain fusion by {}, {} by the sound gate, {} with the MWC loss at every grid point), {} features, {} candidate weights, l2 {}; reward of the \
          picked weight: cross-validated {:.3} (plain fusion {:.3}), train {:.3}",
         args.out.display(),
         report.n_used,
@@ -142,6 +142,7 @@ pub(super) fn train_scheduler(args: &TrainArgs) -> ExitCode {
         report.n_agreeing,
         scheduler.agree_feature.as_deref().unwrap_or("no gate"),
         report.n_sound,
+        report.n_with_mwc,
         scheduler.features.len(),
         scheduler.candidates.len(),
         report.l2,

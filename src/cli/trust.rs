@@ -238,7 +238,7 @@ fn write_training_examples(records: &[TrustRecord], path: &Path) -> Result<(), S
                     .scored
                     .log_odds
                     .map_or(-LOG_ODDS_CLIP, |x| x.clamp(-LOG_ODDS_CLIP, LOG_ODDS_CLIP)),
-                mwc: g.mwc.unwrap_or(0.0),
+                mwc: g.mwc,
             })
             .collect();
         if grid.len() < 2 {

@@ -35,7 +35,7 @@
 //! ```
 //!
 //! (one line in the file). `weights` lists the images' weights then the text's; `mwc` may be
-//! omitted (0), and so may `variants` and `group`.
+//! omitted (not measured: 0), and so may `variants` and `group`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -58,9 +58,10 @@ pub struct GridPoint {
     /// Score of the answer under these weights: the reference answer's log-likelihood, or
     /// another margin where higher is better.
     pub loglik: f32,
-    /// Modality Weight Consistency loss under these weights (0 if absent).
-    #[serde(default)]
-    pub mwc: f32,
+    /// Modality Weight Consistency loss under these weights (`None`: not measured, which
+    /// scores as 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mwc: Option<f32>,
 }
 
 /// One training example: the request's signals and its scored grid.
@@ -97,7 +98,7 @@ impl TrainExample {
             {
                 return Err(format!("grid[{i}].weights must be finite, >= 0, not all 0"));
             }
-            if !g.loglik.is_finite() || !g.mwc.is_finite() {
+            if !g.loglik.is_finite() || g.mwc.is_some_and(|m| !m.is_finite()) {
                 return Err(format!("grid[{i}]: loglik and mwc must be finite"));
             }
         }
@@ -111,7 +112,7 @@ impl TrainExample {
         let scores: Vec<f64> = self
             .grid
             .iter()
-            .map(|g| (f64::from(g.loglik) - f64::from(config.lambda_mwc) * f64::from(g.mwc)) / t)
+            .map(|g| (f64::from(g.loglik) - f64::from(config.lambda_mwc) * f64::from(g.mwc.unwrap_or(0.0))) / t)
             .collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -215,6 +216,8 @@ pub struct TrainReport {
     pub n_agreeing: usize,
     /// Used examples the sound gate (not the agreement gate) gives plain fusion (not fitted).
     pub n_sound: usize,
+    /// Used examples whose every grid point has its MWC loss measured.
+    pub n_with_mwc: usize,
     /// Cross-validation folds (0: too few groups to hold any out).
     pub n_folds: usize,
 }
@@ -585,6 +588,10 @@ pub fn train(
         n_skipped: examples.len() - used.len(),
         n_agreeing,
         n_sound,
+        n_with_mwc: used
+            .iter()
+            .filter(|ex| ex.grid.iter().all(|g| g.mwc.is_some()))
+            .count(),
         n_folds: if cross_validated { n_folds } else { 0 },
     };
     Ok((scheduler, report))

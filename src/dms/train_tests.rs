@@ -19,7 +19,7 @@ fn synthetic(n: usize, seed: u64) -> Vec<TrainExample> {
                     GridPoint {
                         weights: vec![w, 2.0 - w],
                         loglik: -8.0 * (w - ideal).powi(2),
-                        mwc: 0.1 * (w - 1.0).abs(),
+                        mwc: Some(0.1 * (w - 1.0).abs()),
                     }
                 })
                 .collect();
@@ -61,7 +61,7 @@ fn point(w: f32, loglik: f32) -> GridPoint {
     GridPoint {
         weights: vec![w, 2.0 - w],
         loglik,
-        mwc: 0.0,
+        mwc: None,
     }
 }
 
@@ -85,9 +85,24 @@ fn rewards_are_a_softmax_of_the_scores() {
     };
     assert!(ex2.rewards(&cold)[0] > 0.999);
     // The MWC penalty counts against a point.
-    let mut ex3 = ex;
-    ex3.grid[0].mwc = 10.0;
+    let mut ex3 = ex.clone();
+    ex3.grid[0].mwc = Some(10.0);
     assert!(ex3.rewards(&cfg)[0] < 0.5);
+    // An unmeasured loss scores as a measured 0.
+    let mut ex4 = ex;
+    ex4.grid[0].mwc = Some(0.0);
+    assert_eq!(ex4.rewards(&cfg), vec![0.5, 0.5]);
+}
+
+#[test]
+fn the_report_counts_the_examples_with_the_mwc_loss_everywhere() {
+    let mut data = synthetic(60, 3);
+    for ex in &mut data[..20] {
+        ex.grid.iter_mut().for_each(|g| g.mwc = None);
+    }
+    data[20].grid[0].mwc = None;
+    let (_, report) = train(&data, &TrainConfig::default(), None).unwrap();
+    assert_eq!(report.n_with_mwc, 39);
 }
 
 #[test]
@@ -192,7 +207,7 @@ fn bad_inputs_are_rejected() {
         grid: vec![GridPoint {
             weights: vec![1.0],
             loglik: 0.0,
-            mwc: 0.0,
+            mwc: None,
         }],
         group: None,
     };
@@ -237,7 +252,7 @@ fn read_examples_reports_line_numbers() {
     let p = dir.path().join("min.jsonl");
     std::fs::write(&p, line.replace('\n', " ")).unwrap();
     let read = read_examples(&p).unwrap();
-    assert_eq!(read[0].grid[0].mwc, 0.0);
+    assert_eq!(read[0].grid[0].mwc, None);
     assert!(read[0].group.is_none() && read[0].signals.variants.is_empty());
     assert!(read_examples(&dir.path().join("missing.jsonl")).is_err());
     let empty = dir.path().join("empty.jsonl");

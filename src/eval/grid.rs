@@ -78,7 +78,7 @@ fn scored_grid(
         grid.push(GridPoint {
             weights: vec![w, 2.0 - w],
             loglik: done.score.unwrap_or(f64::NEG_INFINITY) as f32,
-            mwc: done.dms.mwc.unwrap_or(0.0),
+            mwc: done.dms.mwc,
         });
     }
     Ok(Some(TrainExample {
