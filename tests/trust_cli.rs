@@ -1,8 +1,8 @@
 //! `llama-dms eval --suite colour-trust` and `llama-dms calibrate` on the demo model: a small
 //! run writes records and a summary with every diagnostic (signal AUCs, control curve, oracle,
 //! best global weight, paired tests with CIs, the calibrated rule's reliabilities), `--resume`
-//! replays the modes a record lacks, `--regrid` and `--remeasure` answer grid points and measure
-//! signals again, and `calibrate --records` writes a rule plugin for this model that the
+//! replays the modes a record lacks (`--replay` also those it has), `--regrid` and `--remeasure`
+//! answer grid points and measure signals again, and `calibrate --records` writes a rule plugin for this model that the
 //! engine loads.
 
 mod common;
@@ -118,6 +118,29 @@ fn a_small_trust_run_reports_every_diagnostic_and_calibrates_a_plugin() {
             assert!(d <= 0.06, "{k}: {x} then {y}");
         }
         assert_eq!(b["modes"].as_array().unwrap().len(), 2, "{b}");
+    }
+    // --replay replays the scheduler modes a record already has (after a plugin was fitted
+    // again): rule weights tampered with in the file come back as the rule's own.
+    let tampered: String = remeasured
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            for m in r["modes"].as_array_mut().unwrap() {
+                if m["mode"] == "rule" {
+                    m["weights"] = serde_json::json!({"images": [0.0], "text": 2.0});
+                    m["answer"] = "tampered".into();
+                }
+            }
+            format!("{r}\n")
+        })
+        .collect();
+    std::fs::write(&path, tampered).unwrap();
+    common::succeeded(&run("off,rule", &["--resume", "--replay"]));
+    for (a, b) in remeasured.iter().zip(&common::json_lines(&path)) {
+        let rule = |r: &Value| r["modes"][1].clone();
+        assert_eq!(rule(b)["mode"], "rule");
+        assert_eq!(rule(a)["weights"], rule(b)["weights"], "{b}");
+        assert_eq!(rule(a)["answer"], rule(b)["answer"], "{b}");
     }
     let examples = common::json_lines(&grid_out);
     assert_eq!(

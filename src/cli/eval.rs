@@ -88,6 +88,10 @@ pub struct EvalArgs {
     /// change in the signal passes), keeping their grids; scheduler modes are replayed.
     #[arg(long, requires = "resume")]
     pub remeasure: bool,
+    /// `colour-trust` with `--resume`: replay the scheduler modes of the kept records from
+    /// their signals again, also those they have (after a plugin was fitted again).
+    #[arg(long, requires = "resume")]
+    pub replay: bool,
 }
 
 /// One unit of work: a task on an item under a mode.

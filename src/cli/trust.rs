@@ -141,6 +141,7 @@ pub(super) fn eval_trust(args: &EvalArgs) -> ExitCode {
         mwc: args.grid_out.is_some(),
         regrid: args.regrid.clone(),
         remeasure: args.remeasure,
+        replay: args.replay,
         ..TrustRun::default()
     };
     let items = items_of(&seeds, args.per_condition);

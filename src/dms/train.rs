@@ -112,7 +112,11 @@ impl TrainExample {
         let scores: Vec<f64> = self
             .grid
             .iter()
-            .map(|g| (f64::from(g.loglik) - f64::from(config.lambda_mwc) * f64::from(g.mwc.unwrap_or(0.0))) / t)
+            .map(|g| {
+                (f64::from(g.loglik)
+                    - f64::from(config.lambda_mwc) * f64::from(g.mwc.unwrap_or(0.0)))
+                    / t
+            })
             .collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();

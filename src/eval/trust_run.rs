@@ -25,7 +25,8 @@ pub struct TrustRun {
     pub modes: Vec<(String, DmsSettings)>,
     /// The settings whose signals are recorded (a rule mode).
     pub measure: DmsSettings,
-    /// Measure the MWC loss at every grid point (three extra passes each).
+    /// Measure the MWC loss at every grid point (one extra pass each, and the unimodal passes
+    /// once per record).
     pub mwc: bool,
     /// Image weights of the grid (the text gets `2 - w`); [`GRID_WEIGHTS`] by default.
     pub grid: Vec<f32>,
@@ -33,6 +34,9 @@ pub struct TrustRun {
     pub regrid: Vec<f32>,
     /// Measure the signals of records kept from an earlier run again (see [`remeasure`]).
     pub remeasure: bool,
+    /// Replay the scheduler modes of records kept from an earlier run (after a plugin was
+    /// fitted again); see [`add_replayed_modes`].
+    pub replay: bool,
 }
 
 impl Default for TrustRun {
@@ -45,6 +49,7 @@ impl Default for TrustRun {
             grid: GRID_WEIGHTS.to_vec(),
             regrid: Vec::new(),
             remeasure: false,
+            replay: false,
         }
     }
 }
@@ -198,15 +203,21 @@ pub fn remeasure(
     let r = trust_request(item, &run.measure, run.max_tokens);
     let (_, _, done) = complete_with_logprobs(engine, r)?;
     keep_signals(record, item, &done);
-    record.modes.retain(|m| m.mode == "off");
+    forget_scheduler_modes(record);
     Ok(true)
+}
+
+/// Drops the scheduler modes of `record` (keeps `off`), so that they are replayed.
+fn forget_scheduler_modes(record: &mut TrustRecord) {
+    record.modes.retain(|m| m.mode == "off");
 }
 
 /// Adds the answers of the modes of `run` that `record` lacks, replayed: each scheduler's
 /// weights computed from the recorded signals exactly as the engine computes them (the same
 /// scheduler, rounded to [`MEASURED_WEIGHT_STEP`]), then answered with those weights fixed.
 /// The signal passes are deterministic, so this is the mode's answer without measuring the
-/// signals again. Returns whether anything was added.
+/// signals again. With `run.replay` every scheduler mode is replayed, also those the record
+/// has. Returns whether anything was added.
 pub fn add_replayed_modes(
     engine: &EngineHandle,
     registry: &Registry,
@@ -214,6 +225,9 @@ pub fn add_replayed_modes(
     record: &mut TrustRecord,
     run: &TrustRun,
 ) -> Result<bool, EngineError> {
+    if run.replay {
+        forget_scheduler_modes(record);
+    }
     let mut added = false;
     for (name, dms) in &run.modes {
         if record.mode(name).is_some() {
