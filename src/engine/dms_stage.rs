@@ -322,17 +322,6 @@ impl Runtime<'_> {
             if let Piece::Image { chunks, index } = piece {
                 let images = chunks.iter().filter(|c| c.kind() == ChunkKind::Image);
                 for (ordinal, chunk) in images.enumerate() {
-                    let mtmd = self
-                        .mtmd
-                        .as_ref()
-                        .ok_or_else(|| EngineError::Internal("no projector".into()))?;
-                    if mtmd.needs_image_helper(&chunk) {
-                        return Err(EngineError::InvalidRequest(
-                            "DMS signal passes need a plain LLaVA-style projector; this one uses M-RoPE or \
-                             non-causal image attention. Use dms mode \"fixed\" or \"off\" with it"
-                                .into(),
-                        ));
-                    }
                     let mut unused = Default::default();
                     out.push(
                         self.image_rows(prompt, *index, ordinal, &chunk, &mut unused)?
@@ -355,10 +344,7 @@ impl Runtime<'_> {
         seed: u64,
     ) -> Result<Measurement, EngineError> {
         let width = self.model().n_embd_inp();
-        let clean = Body {
-            rows: u.body.rows.clone(),
-            modality: u.body.modality.clone(),
-        };
+        let clean = u.body.with_rows(u.body.rows.clone());
         let mut outputs = self.run_passes(u, std::slice::from_ref(&clean), true)?;
         let first = outputs
             .pop()
@@ -415,10 +401,7 @@ impl Runtime<'_> {
         let mut forced = Unimodal {
             prefix: u.prefix.clone(),
             prefix_tokens: u.prefix_tokens.clone(),
-            body: Body {
-                rows: Vec::new(),
-                modality: Vec::new(),
-            },
+            body: Body::default(),
             suffix: u.suffix.clone(),
         };
         self.rows
@@ -431,10 +414,7 @@ impl Runtime<'_> {
         let perturbed = |drop: &dyn Fn(&mut [f32], u64), k: u64| {
             let mut rows = u.body.rows.clone();
             drop(&mut rows, mask_seed(k));
-            Body {
-                rows,
-                modality: u.body.modality.clone(),
-            }
+            u.body.with_rows(rows)
         };
         let flagged = &u.body.modality;
         let element_drop = |rows: &mut [f32], s| {

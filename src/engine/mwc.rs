@@ -3,10 +3,10 @@
 //! from those of the unimodal passes, each modality counted by its weight.
 
 use super::dms_stage::UnimodalPrompts;
+use super::lru::{content_key, ContentKey};
 use super::passes::Unimodal;
 use super::prompt::Prompt;
 use super::runtime::Runtime;
-use super::lru::{content_key, ContentKey};
 use super::EngineError;
 use crate::dms::{mwc_loss, ModalityWeights, Pooling};
 
@@ -43,7 +43,10 @@ impl Runtime<'_> {
 
     /// The mean hidden state of one clean pass per image alone and one of the text alone (empty
     /// without text), in that order.
-    fn unimodal_hidden(&mut self, unimodal: &UnimodalPrompts) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn unimodal_hidden(
+        &mut self,
+        unimodal: &UnimodalPrompts,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut z = Vec::with_capacity(unimodal.images.len() + 1);
         for image_prompt in &unimodal.images {
             let rows = self.encode_all(image_prompt)?;
@@ -59,6 +62,22 @@ impl Runtime<'_> {
             },
         );
         Ok(z)
+    }
+
+    /// The last logits of `prompt` decoded the way the signal passes decode it (every row an
+    /// embedding row, images unpooled, at weights 1): what parity tests compare with llama.cpp's
+    /// own evaluation, so that the passes' positions and attention are those of the model.
+    pub fn signal_pass_logits(&mut self, prompt: &Prompt) -> Result<Vec<f32>, EngineError> {
+        let rows = self.encode_all(prompt)?;
+        let weights = ModalityWeights::uniform(prompt.n_images());
+        let u = self
+            .unimodal_rows(prompt, &rows, Pooling::NONE, Some(&weights))?
+            .ok_or_else(|| EngineError::Internal("a prompt without modality rows".into()))?;
+        let mut outputs = self.run_passes(&u, std::slice::from_ref(&u.body), false)?;
+        outputs
+            .pop()
+            .map(|o| o.logits)
+            .ok_or_else(|| EngineError::Internal("no pass".into()))
     }
 
     /// Mean last-layer hidden state over the modality rows of one clean pass of `u`.

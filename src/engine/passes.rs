@@ -9,10 +9,49 @@ use super::prompt::{Piece, Prompt};
 use super::runtime::Runtime;
 use super::{EngineError, ModalityWeights};
 
-/// One pass body: rows and which of them belong to the measured modality.
+/// One pass body: rows, which of them belong to the measured modality, which attend to each
+/// other non-causally (the image rows of a Gemma 3 style projector), and where each goes: its
+/// positions `(t, y, x)` from the body's start (all three equal but for an M-RoPE image's rows)
+/// and the positions the whole body takes.
+#[derive(Default)]
 pub(super) struct Body {
     pub(super) rows: Vec<f32>,
     pub(super) modality: Vec<bool>,
+    pub(super) non_causal: Vec<bool>,
+    pub(super) pos: Vec<[i32; 3]>,
+    pub(super) n_pos: i32,
+}
+
+impl Body {
+    /// A body of the same layout holding `rows` (as many as this one's).
+    pub(super) fn with_rows(&self, rows: Vec<f32>) -> Self {
+        Self {
+            rows,
+            modality: self.modality.clone(),
+            non_causal: self.non_causal.clone(),
+            pos: self.pos.clone(),
+            n_pos: self.n_pos,
+        }
+    }
+
+    /// Lays out `n` more rows at the next positions, one each.
+    fn flag(&mut self, n: usize, modality: bool, non_causal: bool) {
+        let at = self.n_pos;
+        self.pos.extend((at..at + n as i32).map(|p| [p; 3]));
+        self.n_pos += n as i32;
+        self.modality.extend(std::iter::repeat_n(modality, n));
+        self.non_causal.extend(std::iter::repeat_n(non_causal, n));
+    }
+
+    /// Lays out an M-RoPE image chunk's rows at `pos` (from the body's start), the image taking
+    /// `n_pos` positions.
+    fn flag_image_at(&mut self, pos: Vec<[i32; 3]>, n_pos: usize, non_causal: bool) {
+        self.modality.extend(std::iter::repeat_n(true, pos.len()));
+        self.non_causal
+            .extend(std::iter::repeat_n(non_causal, pos.len()));
+        self.pos.extend(pos);
+        self.n_pos += n_pos as i32;
+    }
 }
 
 /// Rows of a unimodal prompt cut around the modality.
@@ -32,8 +71,17 @@ pub(super) struct PassOutput {
     pub(super) end: i32,
 }
 
-/// One row of a pass batch: (row, position, sequence, output: `Some((pass, is_last_row))`).
-type PassRow<'a> = (&'a [f32], i32, i32, Option<(usize, bool)>);
+/// One row of the parallel passes.
+#[derive(Clone, Copy)]
+struct PassRow<'a> {
+    row: &'a [f32],
+    /// `(t, y, x)`: all equal but for an M-RoPE image's rows.
+    pos: [i32; 3],
+    seq: i32,
+    /// `Some((pass, is_last_row))`: logits for the last row, else the hidden state.
+    output: Option<(usize, bool)>,
+    non_causal: bool,
+}
 
 impl Runtime<'_> {
     /// Rows of a unimodal prompt split into prefix / modality body / suffix. For the text
@@ -61,10 +109,7 @@ impl Runtime<'_> {
         let mut u = Unimodal {
             prefix: Vec::new(),
             prefix_tokens: Vec::new(),
-            body: Body {
-                rows: Vec::new(),
-                modality: Vec::new(),
-            },
+            body: Body::default(),
             suffix: Vec::new(),
         };
         if let Some(bos) = prompt.bos {
@@ -87,9 +132,7 @@ impl Runtime<'_> {
                     } else if k > last {
                         u.suffix.extend_from_slice(&rows);
                     } else {
-                        u.body
-                            .modality
-                            .extend(std::iter::repeat_n(*evidence, rows.len() / width));
+                        u.body.flag(rows.len() / width, *evidence, false);
                         u.body.rows.extend_from_slice(&rows);
                     }
                 }
@@ -102,22 +145,30 @@ impl Runtime<'_> {
                                 EngineError::Internal("image rows missing for a signal pass".into())
                             })?;
                             image_chunk += 1;
-                            let mut rows = pooling.apply(rows, width);
+                            let mtmd = self.mtmd.as_ref();
+                            let non_causal = mtmd.is_some_and(|m| m.non_causal(&chunk));
+                            // An M-RoPE image keeps its grid of rows: each has its place.
+                            let mrope = mtmd.is_some_and(|m| m.uses_mrope());
+                            let mut rows = if mrope {
+                                rows.clone()
+                            } else {
+                                pooling.apply(rows, width)
+                            };
                             if weight != 1.0 {
                                 rows.iter_mut().for_each(|v| *v *= weight);
                             }
-                            u.body
-                                .modality
-                                .extend(std::iter::repeat_n(true, rows.len() / width));
+                            if mrope {
+                                let pos = chunk.image_positions(u.body.n_pos);
+                                u.body.flag_image_at(pos, chunk.n_pos(), non_causal);
+                            } else {
+                                u.body.flag(rows.len() / width, true, non_causal);
+                            }
                             u.body.rows.extend_from_slice(&rows);
                         } else {
                             let start = u.body.rows.len() / width;
                             self.rows
                                 .append_rows(chunk.tokens(), 1.0, width, &mut u.body.rows)?;
-                            u.body.modality.extend(std::iter::repeat_n(
-                                false,
-                                u.body.rows.len() / width - start,
-                            ));
+                            u.body.flag(u.body.rows.len() / width - start, false, false);
                         }
                     }
                 }
@@ -150,6 +201,11 @@ impl Runtime<'_> {
         let free_seqs = (self.ctx.params().n_seq_max as i32 - base).max(0) as usize;
         let n_ctx = self.ctx.n_ctx();
         let fit = self.slot_ctx.saturating_sub(n_prefix) / per_pass.max(1);
+        if free_seqs == 0 {
+            return Err(EngineError::Internal(
+                "the context has no sequences left for the DMS signal passes".into(),
+            ));
+        }
         let group = free_seqs.min(fit).min(bodies.len());
         if group == 0 {
             return Err(LlamaError::ContextFull {
@@ -166,53 +222,62 @@ impl Runtime<'_> {
             for &s in &seqs[1..] {
                 self.ctx.copy_seq(base, s, -1, -1);
             }
-            // (row, position, sequence, output: None | Some((pass, is_last)))
             let mut entries: Vec<PassRow<'_>> = Vec::new();
             for (p, body) in chunk.iter().enumerate() {
                 let seq = seqs[p];
                 let hidden_pass = want_hidden && g == 0 && p == 0;
-                let mut at = pos;
-                for (row, flagged) in body.rows.chunks_exact(width).zip(&body.modality) {
-                    entries.push((
+                let flags = body.modality.iter().zip(&body.non_causal).zip(&body.pos);
+                let rows = body.rows.chunks_exact(width);
+                for (row, ((flagged, non_causal), rel)) in rows.zip(flags) {
+                    entries.push(PassRow {
                         row,
-                        at,
+                        pos: rel.map(|r| pos + r),
                         seq,
-                        (hidden_pass && *flagged).then_some((p, false)),
-                    ));
-                    at += 1;
+                        output: (hidden_pass && *flagged).then_some((p, false)),
+                        non_causal: *non_causal,
+                    });
                 }
+                let mut at = pos + body.n_pos;
                 let n_suffix = suffix.len() / width;
                 for (k, row) in suffix.chunks_exact(width).enumerate() {
-                    entries.push((row, at, seq, (k + 1 == n_suffix).then_some((p, true))));
+                    entries.push(PassRow {
+                        row,
+                        pos: [at; 3],
+                        seq,
+                        output: (k + 1 == n_suffix).then_some((p, true)),
+                        non_causal: false,
+                    });
                     at += 1;
                 }
             }
             let mut pass_out: Vec<PassOutput> = chunk
                 .iter()
-                .map(|_| PassOutput {
+                .map(|body| PassOutput {
                     logits: Vec::new(),
                     hidden_mean: None,
-                    end: pos + per_pass as i32,
+                    end: pos + body.n_pos + (suffix.len() / width) as i32,
                 })
                 .collect();
             let mut hidden_sum: Vec<f64> = Vec::new();
             let mut hidden_n = 0usize;
             let per_batch = self.ctx.n_batch().max(1);
-            let mut batch = Batch::embeddings(per_batch.min(entries.len()), width);
-            for block in entries.chunks(per_batch) {
+            let mut batch = self.row_batch(per_batch.min(entries.len()));
+            for block in decode_blocks(&entries, per_batch)? {
                 batch.clear();
-                for (row, at, seq, out) in block {
-                    batch.push_row(row, *at, *seq, out.is_some())?;
+                for e in &block {
+                    batch.push_row_at(e.row, e.pos, e.seq, e.output.is_some())?;
                 }
-                self.ctx.decode(&batch)?;
+                if block[0].non_causal {
+                    self.ctx.decode_non_causal(&batch)?;
+                } else {
+                    self.ctx.decode(&batch)?;
+                }
                 if seqs.len() > 1 && std::mem::take(&mut self.fault_signal_pass) {
                     panic!("injected fault at the SignalPass stage");
                 }
-                for (i, (_, _, _, out)) in block.iter().enumerate() {
-                    match out {
-                        Some((p, true)) => {
-                            pass_out[*p].logits = self.ctx.logits(i as i32)?.to_vec()
-                        }
+                for (i, e) in block.iter().enumerate() {
+                    match e.output {
+                        Some((p, true)) => pass_out[p].logits = self.ctx.logits(i as i32)?.to_vec(),
                         Some((_, false)) => {
                             let h = self.ctx.hidden_state(i as i32)?;
                             hidden_sum.resize(h.len(), 0.0);
@@ -277,6 +342,62 @@ impl Runtime<'_> {
         self.pass_prefix = Some(tokens.to_vec());
         Ok(pos)
     }
+}
+
+/// The decodes of one group of parallel passes, in order. Without non-causal rows: the rows as
+/// they come, `per_batch` at a time (what the recorded signals were measured with). With them:
+/// phase by phase, a phase being each pass's rows up to the next change of attention kind (the
+/// k-th phase of every pass decoded together, the passes being independent sequences), and a
+/// pass's non-causal span never split between decodes, since its rows must see each other.
+fn decode_blocks<'a>(
+    entries: &[PassRow<'a>],
+    per_batch: usize,
+) -> Result<Vec<Vec<PassRow<'a>>>, EngineError> {
+    if !entries.iter().any(|e| e.non_causal) {
+        return Ok(entries.chunks(per_batch).map(<[_]>::to_vec).collect());
+    }
+    let mut last: std::collections::HashMap<i32, (bool, usize)> = Default::default();
+    let mut phased: Vec<(usize, PassRow<'a>)> = entries
+        .iter()
+        .map(|e| {
+            let phase = match last.get(&e.seq) {
+                Some(&(kind, k)) if kind == e.non_causal => k,
+                Some(&(_, k)) => k + 1,
+                None => 0,
+            };
+            last.insert(e.seq, (e.non_causal, phase));
+            (phase, *e)
+        })
+        .collect();
+    phased.sort_by_key(|(phase, _)| *phase);
+    // Units that may not be split: a pass's non-causal span, or a single causal row.
+    let mut units: Vec<(usize, Vec<PassRow<'a>>)> = Vec::new();
+    for (phase, e) in phased {
+        match units.last_mut() {
+            Some((p, unit)) if *p == phase && e.non_causal && unit[0].seq == e.seq => unit.push(e),
+            _ => units.push((phase, vec![e])),
+        }
+    }
+    let mut blocks: Vec<(usize, Vec<PassRow<'a>>)> = Vec::new();
+    for (phase, unit) in units {
+        if unit.len() > per_batch {
+            return Err(EngineError::InvalidRequest(format!(
+                "an image of {} rows attends non-causally and must fit one batch of {per_batch}",
+                unit.len()
+            )));
+        }
+        match blocks.last_mut() {
+            Some((p, block))
+                if *p == phase
+                    && block[0].non_causal == unit[0].non_causal
+                    && block.len() + unit.len() <= per_batch =>
+            {
+                block.extend(unit)
+            }
+            _ => blocks.push((phase, unit)),
+        }
+    }
+    Ok(blocks.into_iter().map(|(_, b)| b).collect())
 }
 
 /// Mean of the modality rows of a body (`None` if it has none).
@@ -409,5 +530,67 @@ impl Runtime<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passes `0..n_pass` of the layout `kinds` (true: a non-causal row), as sequence ids.
+    fn entries<'a>(row: &'a [f32], n_pass: i32, kinds: &'a [bool]) -> Vec<PassRow<'a>> {
+        (0..n_pass)
+            .flat_map(|seq| {
+                kinds
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, &non_causal)| PassRow {
+                        row,
+                        pos: [k as i32; 3],
+                        seq,
+                        output: None,
+                        non_causal,
+                    })
+            })
+            .collect()
+    }
+
+    fn shape(blocks: &[Vec<PassRow<'_>>]) -> Vec<Vec<(i32, i32)>> {
+        blocks
+            .iter()
+            .map(|b| b.iter().map(|e| (e.seq, e.pos[0])).collect())
+            .collect()
+    }
+
+    #[test]
+    fn causal_rows_are_decoded_as_they_come() {
+        let row = [0.0];
+        let e = entries(&row, 2, &[false; 3]);
+        let blocks = decode_blocks(&e, 4).unwrap();
+        assert_eq!(
+            shape(&blocks),
+            [vec![(0, 0), (0, 1), (0, 2), (1, 0)], vec![(1, 1), (1, 2)]]
+        );
+    }
+
+    #[test]
+    fn non_causal_spans_are_decoded_whole_and_apart_from_causal_rows() {
+        let row = [0.0];
+        // text, a 3-row image, text: three phases per pass.
+        let e = entries(&row, 3, &[false, true, true, true, false]);
+        let blocks = decode_blocks(&e, 6).unwrap();
+        assert_eq!(
+            shape(&blocks),
+            [
+                vec![(0, 0), (1, 0), (2, 0)],
+                vec![(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)],
+                vec![(2, 1), (2, 2), (2, 3)],
+                vec![(0, 4), (1, 4), (2, 4)],
+            ]
+        );
+        for b in &blocks {
+            assert!(b.iter().all(|r| r.non_causal == b[0].non_causal));
+        }
+        assert!(decode_blocks(&e, 2).is_err(), "an image wider than a batch");
     }
 }

@@ -145,6 +145,17 @@ impl<'m> Runtime<'m> {
         Ok(())
     }
 
+    /// An empty batch for up to `capacity` embedding rows of this model (with M-RoPE position
+    /// sets when the model uses them).
+    pub(super) fn row_batch(&self, capacity: usize) -> Batch {
+        let width = self.model.n_embd_inp();
+        if self.model.uses_mrope() {
+            Batch::embeddings_mrope(capacity, width)
+        } else {
+            Batch::embeddings(capacity, width)
+        }
+    }
+
     /// Decodes rows in batches of at most `n_batch`, asking for logits on the very last row
     /// when `logits_last`.
     pub(super) fn decode_rows(
@@ -157,7 +168,7 @@ impl<'m> Runtime<'m> {
         let width = self.model.n_embd_inp();
         let n_rows = rows.len() / width;
         let per_batch = self.ctx.n_batch().max(1);
-        let mut batch = Batch::embeddings(per_batch.min(n_rows), width);
+        let mut batch = self.row_batch(per_batch.min(n_rows));
         for (b, block) in rows.chunks(per_batch * width).enumerate() {
             batch.clear();
             for (i, row) in block.chunks_exact(width).enumerate() {

@@ -121,6 +121,18 @@ impl<'m> Context<'m> {
         }
     }
 
+    /// Like [`Context::decode`] with full (non-causal) attention among the batch's rows of each
+    /// sequence, as Gemma 3 attends over an image; causal attention is back on afterwards,
+    /// also when the decode fails.
+    pub fn decode_non_causal(&mut self, batch: &Batch) -> Result<()> {
+        // SAFETY: valid context; the flag only changes how the next graphs mask attention.
+        unsafe { sys::llama_set_causal_attn(self.ptr.as_ptr(), false) };
+        let result = self.decode(batch);
+        // SAFETY: as above.
+        unsafe { sys::llama_set_causal_attn(self.ptr.as_ptr(), true) };
+        result
+    }
+
     /// Logits of output row `i` of the last decode (`i` is the batch index; -1 = last output).
     pub fn logits(&self, i: i32) -> Result<&[f32]> {
         // SAFETY: valid context; llama returns null for an index without output.

@@ -86,6 +86,14 @@ impl Model {
         unsafe { sys::llama_model_n_embd_inp(self.ptr.as_ptr()) as usize }
     }
 
+    /// Whether positions come in M-RoPE sets (Qwen2-VL and relatives): four numbers per
+    /// embedding row instead of one.
+    pub fn uses_mrope(&self) -> bool {
+        // SAFETY: valid model pointer.
+        let rope = unsafe { sys::llama_model_rope_type(self.ptr.as_ptr()) };
+        rope == sys::LLAMA_ROPE_TYPE_MROPE || rope == sys::LLAMA_ROPE_TYPE_IMROPE
+    }
+
     /// Number of transformer layers.
     pub fn n_layer(&self) -> usize {
         // SAFETY: valid model pointer.

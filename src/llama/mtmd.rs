@@ -82,15 +82,16 @@ impl<'m> Mtmd<'m> {
         unsafe { sys::mtmd_support_vision(self.ptr.as_ptr()) }
     }
 
-    /// Whether image rows need llama.cpp's own decoding helper: M-RoPE positions (Qwen2-VL and
-    /// relatives) or non-causal attention over the image (Gemma 3). Plain LLaVA-style
-    /// projectors can be decoded as ordinary embedding batches.
-    pub fn needs_image_helper(&self, chunk: &Chunk<'_>) -> bool {
+    /// Whether the model places image rows with M-RoPE position sets (Qwen2-VL and relatives).
+    pub fn uses_mrope(&self) -> bool {
+        // SAFETY: valid mtmd context.
+        unsafe { sys::mtmd_decode_use_mrope(self.ptr.as_ptr()) }
+    }
+
+    /// Whether the rows of `chunk` attend to each other non-causally (Gemma 3's images).
+    pub fn non_causal(&self, chunk: &Chunk<'_>) -> bool {
         // SAFETY: valid mtmd context and a chunk owned by live `Chunks`.
-        unsafe {
-            sys::mtmd_decode_use_mrope(self.ptr.as_ptr())
-                || sys::mtmd_decode_use_non_causal(self.ptr.as_ptr(), chunk.ptr)
-        }
+        unsafe { sys::mtmd_decode_use_non_causal(self.ptr.as_ptr(), chunk.ptr) }
     }
 
     /// The text marker that stands for one media item in a prompt (`<__media__>`).
@@ -451,6 +452,24 @@ impl Chunk<'_> {
     pub fn n_pos(&self) -> usize {
         // SAFETY: valid chunk pointer.
         unsafe { sys::mtmd_input_chunk_get_n_pos(self.ptr) as usize }
+    }
+
+    /// The decoder positions `(t, y, x)` of an image chunk's rows when it starts at `pos_0`
+    /// (M-RoPE models: `t = pos_0`, `y`/`x` offset by the row's place in the grid; otherwise
+    /// `pos_0 + i` in all three). Empty for other chunks.
+    pub fn image_positions(&self, pos_0: i32) -> Vec<[i32; 3]> {
+        // SAFETY: valid chunk pointer; the image tokens it returns (or null) live with it.
+        let image = unsafe { sys::mtmd_input_chunk_get_tokens_image(self.ptr) };
+        if image.is_null() {
+            return Vec::new();
+        }
+        (0..self.n_tokens())
+            .map(|i| {
+                // SAFETY: non-null image tokens of this chunk and `i < n_tokens`.
+                let p = unsafe { sys::mtmd_image_tokens_get_decoder_pos(image, pos_0, i) };
+                [p.t as i32, p.y as i32, p.x as i32]
+            })
+            .collect()
     }
 
     /// The token ids of a text chunk (empty for media chunks).

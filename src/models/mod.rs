@@ -9,3 +9,4 @@ pub(crate) mod gguf_test_reader;
 pub mod gguf_writer;
 pub mod smollm2;
 pub mod tiny;
+pub mod tiny_families;

@@ -92,12 +92,13 @@ tokenizer some common English pieces, so that real merging happens when it reads
 The quick brown fox jumps over the lazy dog. Red, green, blue, yellow, orange, purple, pink, \
 black, white and grey are the names of colours.";
 
-/// Paths of the two files written by [`write_tiny_models`].
+/// Paths of the two files written by [`write_tiny_models`] (or by
+/// [`super::tiny_families::write_tiny_family`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TinyModelPaths {
-    /// The text model, `tiny-llama.gguf`.
+    /// The text model, `tiny-llama.gguf` (`tiny-ARCH.gguf` for the other families).
     pub model: PathBuf,
-    /// The image projector, `tiny-mmproj.gguf`.
+    /// The image projector, `tiny-mmproj.gguf` (`tiny-ARCH-mmproj.gguf` for the others).
     pub mmproj: PathBuf,
 }
 
@@ -239,10 +240,10 @@ fn train_bpe(corpus: &str, b2u: &[char], n_tokens: usize) -> (Vec<String>, Vec<S
 }
 
 /// SplitMix64: a tiny, good-enough seeded generator.
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
@@ -267,19 +268,19 @@ impl Rng {
     }
 
     /// `n` approximately normal values with standard deviation `std`.
-    fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
+    pub(super) fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
         (0..n).map(|_| self.normal() * std).collect()
     }
 }
 
 /// Adds an F32 tensor of the given ggml shape filled with random values of deviation `std`.
-fn add_random(w: &mut GgufWriter, rng: &mut Rng, name: &str, shape: &[usize], std: f32) {
+pub(super) fn add_random(w: &mut GgufWriter, rng: &mut Rng, name: &str, shape: &[usize], std: f32) {
     let n = shape.iter().product();
     w.add_tensor_f32(name, shape, rng.normals(n, std));
 }
 
 /// Adds an F32 tensor of the given ggml shape filled with `value`.
-fn add_const(w: &mut GgufWriter, name: &str, shape: &[usize], value: f32) {
+pub(super) fn add_const(w: &mut GgufWriter, name: &str, shape: &[usize], value: f32) {
     let n = shape.iter().product();
     w.add_tensor_f32(name, shape, vec![value; n]);
 }
