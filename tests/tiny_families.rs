@@ -188,6 +188,9 @@ fn check_family(arch: TinyArch) {
     // The default sequences: one answer, the signal passes' after it.
     config.runtime.context.n_ctx = 1024;
     config.runtime.context.n_threads = 2;
+    // The shipped plugins (fitted for the demo model: on these they only have to run).
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
+    config.schedulers = std::sync::Arc::new(llama_dms::dms::Registry::load_dir(&plugins).unwrap());
     let engine = EngineHandle::start(config).expect("engine starts");
     let mut request = GenerateRequest::new(conversation());
     request.sampling = SamplerParams::greedy();
@@ -211,8 +214,8 @@ fn check_family(arch: TinyArch) {
     let (text2, _) = run(request.clone());
     assert_eq!(text, text2, "{arch:?}: greedy generation is not repeatable");
 
-    // `rule` measures both modalities' signals with its passes (and the MWC loss with three
-    // more) and returns weights for them.
+    // `rule` and `learned` measure both modalities' signals with their passes (and the MWC
+    // loss with more) and return weights for them.
     let mut with_rule = request.clone();
     with_rule.dms = DmsSettings::mode(DmsMode::Rule);
     with_rule.measure_mwc = true;
@@ -233,6 +236,18 @@ fn check_family(arch: TinyArch) {
     assert!(
         ruled.dms.mwc.is_some_and(|m| m.is_finite() && m >= 0.0),
         "{arch:?}"
+    );
+    let mut with_learned = request.clone();
+    with_learned.dms = DmsSettings::mode(DmsMode::Learned);
+    let (_, learned) = run(with_learned);
+    assert!(
+        learned.dms.signals.is_some(),
+        "{arch:?}: learned measured signals"
+    );
+    let w = &learned.dms.weights;
+    assert!(
+        w.images[0].is_finite() && w.text.is_finite(),
+        "{arch:?}: {w:?}"
     );
     // `off` after the DMS request answers exactly as before it (the passes' KV is not reused
     // as the prompt's).
