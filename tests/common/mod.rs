@@ -46,11 +46,15 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// SmolLM2-135M-Instruct, downloaded on first use; `None` (with the reason printed) only when
-/// the download is impossible here.
+/// the download is impossible here. Under CI (`CI` set to anything but `false`/`0`) a model that
+/// cannot be downloaded fails the test instead: CI never passes a test it could not run.
 pub fn smollm2() -> Option<PathBuf> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
     PATH.get_or_init(|| match smollm2::ensure(&cache_dir(), false) {
         Ok(p) => Some(p),
+        Err(smollm2::FetchError::Download(reason)) if in_ci() => {
+            panic!("CI: SmolLM2 is needed but could not be downloaded: {reason}")
+        }
         Err(smollm2::FetchError::Download(reason)) => {
             eprintln!("SKIPPED: SmolLM2 could not be downloaded: {reason}");
             None
@@ -58,6 +62,11 @@ pub fn smollm2() -> Option<PathBuf> {
         Err(e) => panic!("SmolLM2 fetch failed: {e}"),
     })
     .clone()
+}
+
+/// Whether the tests run under CI (`CI` set, and not to `false` or `0`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// A solid-colour PNG.
