@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
-use llama_dms::api::{router, AppState, Limits};
+use llama_dms::api::{router, AppState, Limits, ModelNames};
 use llama_dms::engine::{EngineConfig, EngineHandle, GenerateRequest, Message, Role};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -311,13 +311,51 @@ async fn auth_not_found_and_body_limit() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let wrong_model = chat(json!("hi"), json!({"model": "gpt-4o"}));
-    let (s, v, _) = post_chat(&app, Some(wrong_model), Some("secret-1")).await;
-    assert_error(s, &v, StatusCode::NOT_FOUND, "unknown model");
+    // Any model name is accepted with one model (clients hard-code `gpt-4o`); the response
+    // names the model served.
+    let other_model = chat(json!("hi"), json!({"model": "gpt-4o", "max_tokens": 2}));
+    let (s, v, _) = post_chat(&app, Some(other_model.clone()), Some("secret-1")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["model"], id.as_str());
 
     let huge = chat(json!("x".repeat(100 * 1024)), json!({}));
     let (s, v, _) = post_chat(&app, Some(huge), Some("secret-1")).await;
     assert_error(s, &v, StatusCode::PAYLOAD_TOO_LARGE, "body over the limit");
+}
+
+#[tokio::test]
+async fn aliases_name_the_model_and_strict_names_refuse_others() {
+    let state = AppState::new(Vec::new(), Limits::default()).with_model_names(ModelNames {
+        aliases: vec!["tiny-chat".into(), "gpt-4o".into()],
+        strict: true,
+    });
+    state.set_engine(engine(4));
+    let app = router(state, &[]);
+    let (s, v, _) = call(&app, "GET", "/v1/models", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let card = &v["data"][0];
+    assert_eq!(card["id"], "tiny-chat");
+    let aliases = card["aliases"].as_array().unwrap();
+    assert_eq!(aliases[0], "gpt-4o");
+    let file_name = aliases[1].as_str().unwrap().to_string();
+    for id in ["tiny-chat", "gpt-4o", file_name.as_str()] {
+        let (s, v, _) = call(&app, "GET", &format!("/v1/models/{id}"), None, None).await;
+        assert_eq!(s, StatusCode::OK, "{id}: {v}");
+        assert_eq!(v["id"], "tiny-chat");
+        let body = chat(json!("hi"), json!({"model": id, "max_tokens": 2}));
+        let (s, v, _) = post_chat(&app, Some(body), None).await;
+        assert_eq!(s, StatusCode::OK, "{id}: {v}");
+        assert_eq!(v["model"], "tiny-chat", "responses name the first alias");
+    }
+    let wrong = chat(json!("hi"), json!({"model": "llama-3-70b"}));
+    let (s, v, _) = post_chat(&app, Some(wrong), None).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::NOT_FOUND,
+        "a name the strict server does not serve",
+    );
+    assert_eq!(v["error"]["param"], "model");
 }
 
 #[tokio::test]

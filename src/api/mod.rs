@@ -69,6 +69,34 @@ pub struct AppState {
     pub metrics_public: bool,
     /// The DMS mode of a chat request whose `dms` object names none (`serve --dms`).
     pub default_dms: DmsMode,
+    /// What the model answers to (`serve --alias`, `--strict-model-name`).
+    pub model_names: Arc<ModelNames>,
+}
+
+/// The names a request's `model` may give. In single-model mode any name is accepted (clients
+/// that hard-code `gpt-4o` work, as with llama-server) unless `strict`, and responses name the
+/// first alias, or else the model file.
+#[derive(Debug, Clone, Default)]
+pub struct ModelNames {
+    /// Names the model is served under, the first one reported in responses.
+    pub aliases: Vec<String>,
+    /// Answer 404 to any name but the file's and the aliases.
+    pub strict: bool,
+}
+
+impl ModelNames {
+    /// The name responses report for the model loaded as `loaded`.
+    pub fn served(&self, loaded: &str) -> String {
+        self.aliases
+            .first()
+            .cloned()
+            .unwrap_or_else(|| loaded.to_string())
+    }
+
+    /// Whether `name` is one of the model's own names (the file's or an alias).
+    pub fn is_known(&self, name: &str, loaded: &str) -> bool {
+        name == loaded || self.aliases.iter().any(|a| a == name)
+    }
 }
 
 impl AppState {
@@ -83,7 +111,14 @@ impl AppState {
             http: Arc::default(),
             metrics_public: false,
             default_dms: DmsMode::Off,
+            model_names: Arc::default(),
         }
+    }
+
+    /// Sets the names the model is served under and whether other names are refused.
+    pub fn with_model_names(mut self, names: ModelNames) -> Self {
+        self.model_names = Arc::new(names);
+        self
     }
 
     /// Sets the DMS mode of chat requests that name none (`off` unless set). The caller checks
@@ -272,13 +307,13 @@ async fn chat_completions(
     ApiJson(req): ApiJson<GenerationRequest>,
 ) -> Result<Response, ApiError> {
     let info = state.engine()?.info().clone();
-    check_model(req.model.as_deref(), &info.name)?;
+    let served = check_model(req.model.as_deref(), &state.model_names, &info.name)?;
     let (streaming, include_usage) = stream_flags(&req);
     let request = chat::to_engine_request(req, &state, info.n_ctx)?;
     respond(
         &state,
         request,
-        info.name,
+        served,
         Shape::Chat,
         streaming,
         include_usage,
@@ -292,7 +327,7 @@ async fn completions(
     ApiJson(req): ApiJson<GenerationRequest>,
 ) -> Result<Response, ApiError> {
     let info = state.engine()?.info().clone();
-    check_model(req.model.as_deref(), &info.name)?;
+    let served = check_model(req.model.as_deref(), &state.model_names, &info.name)?;
     let prompt = match req.prompt.clone().map(|p| p.into_vec()) {
         Some(v) if v.len() == 1 => v.into_iter().next().unwrap_or_default(),
         _ => return Err(ApiError::bad_param("prompt", "send exactly one prompt")),
@@ -329,17 +364,26 @@ fn stream_flags(f: &GenerationRequest) -> (bool, bool) {
     (f.stream.unwrap_or(false), include_usage)
 }
 
-fn check_model(requested: Option<&str>, loaded: &str) -> Result<(), ApiError> {
+/// The name to report for a request that asked for `requested`: any name is accepted unless
+/// the names are strict, in which case only the model's own are (404 otherwise).
+fn check_model(
+    requested: Option<&str>,
+    names: &ModelNames,
+    loaded: &str,
+) -> Result<String, ApiError> {
+    let served = names.served(loaded);
     match requested {
-        Some(m) if !m.is_empty() && m != loaded => {
+        Some(m) if names.strict && !m.is_empty() && !names.is_known(m, loaded) => {
             // Echo at most a short prefix of what the client sent.
             let shown: String = m.chars().take(64).collect();
             let more = if shown.len() < m.len() { "..." } else { "" };
-            Err(ApiError::not_found(format!(
-                "model {shown:?}{more} not found; this server runs {loaded:?}"
-            )))
+            let mut error = ApiError::not_found(format!(
+                "model {shown:?}{more} not found; this server runs {served:?}"
+            ));
+            error.param = Some("model".into());
+            Err(error)
         }
-        _ => Ok(()),
+        _ => Ok(served),
     }
 }
 
@@ -360,8 +404,18 @@ async fn respond(
 
 fn model_card(state: &AppState, engine: &EngineHandle) -> ModelCard {
     let info = engine.info();
+    let served = state.model_names.served(&info.name);
+    let aliases = state
+        .model_names
+        .aliases
+        .iter()
+        .chain([&info.name])
+        .filter(|n| **n != served)
+        .cloned()
+        .collect();
     ModelCard {
-        id: info.name.clone(),
+        id: served,
+        aliases,
         object: "model",
         created: state.started,
         owned_by: "llama-dms",
@@ -381,7 +435,7 @@ async fn get_model(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let card = model_card(&state, state.engine()?);
-    if card.id != id {
+    if card.id != id && !card.aliases.contains(&id) {
         return Err(ApiError::not_found(format!("model {id:?} not found")));
     }
     Ok(axum::Json(card).into_response())

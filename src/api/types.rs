@@ -298,8 +298,11 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
 /// `GET /v1/models` entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelCard {
-    /// Model name.
+    /// Model name (the first `--alias`, else the model file's).
     pub id: String,
+    /// The other names it answers to: further aliases and the model file's name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// `model`.
     pub object: &'static str,
     /// Unix seconds (server start).

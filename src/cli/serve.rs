@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::{exit_code, fail, ModelArgs};
 use crate::api::media::MediaPolicy;
-use crate::api::{router, ApiError, AppState, Limits};
+use crate::api::{router, ApiError, AppState, Limits, ModelNames};
 use crate::engine::{DmsMode, EngineHandle};
 
 /// The DMS mode of API requests that name none (`serve --dms`).
@@ -107,6 +107,14 @@ pub struct ServeArgs {
     /// Largest image in pixels (width x height).
     #[arg(long, env = "LLAMA_DMS_MAX_IMAGE_PIXELS", default_value_t = 4096 * 4096)]
     pub max_image_pixels: u64,
+    /// A name the model is served under (repeatable; the first one is what responses and
+    /// `/v1/models` report instead of the model file's name).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Answer 404 to a request naming another model than the file's or an alias (by default any
+    /// name is accepted, as llama-server does with one model).
+    #[arg(long, env = "LLAMA_DMS_STRICT_MODEL_NAME")]
+    pub strict_model_name: bool,
     /// Serve `/metrics` without a key even when API keys are set (it needs one by default).
     #[arg(long, env = "LLAMA_DMS_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -227,7 +235,11 @@ pub(super) fn serve(args: &ServeArgs) -> ExitCode {
         };
         let state = AppState::new(api_keys, limits)
             .with_public_metrics(args.metrics_public)
-            .with_default_dms(default_dms);
+            .with_default_dms(default_dms)
+            .with_model_names(ModelNames {
+                aliases: args.aliases.clone(),
+                strict: args.strict_model_name,
+            });
         let app = router(state.clone(), &args.cors_origins).layer(middleware::from_fn_with_state(
             Duration::from_secs(args.body_timeout),
             body_deadline,
