@@ -109,7 +109,9 @@ impl<'m> Context<'m> {
             return Ok(());
         }
         log::clear_last_error();
-        // SAFETY: the batch was built by `Batch` (consistent arrays, `n_tokens` <= capacity).
+        // SAFETY: the batch was built by `Batch` (consistent arrays, `n_tokens` <= capacity; an
+        // M-RoPE batch's `pos` is its own array of 4 * n_tokens positions, alive while `batch` is
+        // borrowed here).
         let code = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch.raw()) };
         if code == 0 {
             Ok(())
