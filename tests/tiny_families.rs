@@ -237,6 +237,18 @@ fn check_family(arch: TinyArch) {
         ruled.dms.mwc.is_some_and(|m| m.is_finite() && m >= 0.0),
         "{arch:?}"
     );
+    // With a row budget below the image's the passes pool its rows (an M-RoPE image over its
+    // own grid, placed the same way).
+    let mut pooled = request.clone();
+    pooled.dms = DmsSettings::mode(DmsMode::Rule);
+    pooled.dms.max_image_rows = 4;
+    let (_, small) = run(pooled);
+    let s = small
+        .dms
+        .signals
+        .as_ref()
+        .expect("pooled passes measured signals");
+    assert!(s.images[0].confidence.is_finite(), "{arch:?}: {s:?}");
     let mut with_learned = request.clone();
     with_learned.dms = DmsSettings::mode(DmsMode::Learned);
     let (_, learned) = run(with_learned);

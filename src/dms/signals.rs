@@ -404,6 +404,26 @@ impl Pooling {
     }
 }
 
+impl Pooling {
+    /// The rows of a `grid_w x grid_h` grid (row-major) pooled as this says, square or not
+    /// (an M-RoPE image's grid), with the pooled grid's sides.
+    pub fn apply_grid(
+        &self,
+        rows: &[f32],
+        width: usize,
+        grid_w: usize,
+        grid_h: usize,
+    ) -> (Vec<f32>, usize, usize) {
+        let (mut out, mut w, mut h) = (rows.to_vec(), grid_w, grid_h);
+        let mut done = 0;
+        while width > 0 && (done < self.at_least || w * h > self.max_rows) && w >= 2 && h >= 2 {
+            (out, w, h) = avg_pool_2x2(&out, width, w, h);
+            done += 1;
+        }
+        (out, w, h)
+    }
+}
+
 /// Modality Weight Consistency loss `sum_m w_m * ||z_fused - z_m||^2 / M`, where every `z` is
 /// L2-normalised here and `M = weights.len()`. Non-finite weights count as 0; only the first
 /// `min(weights.len(), unimodal.len())` modalities contribute. Always finite and >= 0.

@@ -185,6 +185,26 @@ fn pooling_meets_the_row_budget() {
 }
 
 #[test]
+fn grid_pooling_takes_any_shape() {
+    let grid = |n: usize| (0..n).map(|i| i as f32).collect::<Vec<f32>>();
+    let budget = Pooling {
+        at_least: 0,
+        max_rows: 8,
+    };
+    // 6 x 4 (an M-RoPE image's grid) -> 3 x 2; 3 x 3 -> 2 x 2; within the budget: as it is.
+    let (rows, w, h) = budget.apply_grid(&grid(24), 1, 6, 4);
+    assert_eq!((rows.len(), w, h), (6, 3, 2));
+    assert_eq!(rows[0], (0.0 + 1.0 + 6.0 + 7.0) / 4.0);
+    let (rows, w, h) = budget.apply_grid(&grid(9 * 2), 2, 3, 3);
+    assert_eq!((rows.len(), w, h), (2 * 4, 2, 2));
+    let (rows, w, h) = budget.apply_grid(&grid(8), 1, 4, 2);
+    assert_eq!((rows, w, h), (grid(8), 4, 2));
+    // One row or one column: nothing to pool.
+    let (rows, w, h) = budget.apply_grid(&grid(12), 1, 12, 1);
+    assert_eq!((rows.len(), w, h), (12, 12, 1));
+}
+
+#[test]
 fn mwc_loss_cases() {
     let z = vec![1.0, 0.0];
     assert_eq!(mwc_loss(&[1.0, 1.0], &z, &[z.clone(), vec![2.0, 0.0]]), 0.0);

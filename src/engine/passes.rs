@@ -3,7 +3,7 @@
 //! continuation of a pass (where the answer is decided).
 
 use crate::dms::{argmax, mean_pool, Pooling};
-use crate::llama::{Batch, ChunkKind, LlamaError, Token};
+use crate::llama::{Batch, Chunk, ChunkKind, LlamaError, Token};
 
 use super::prompt::{Piece, Prompt};
 use super::runtime::Runtime;
@@ -147,21 +147,18 @@ impl Runtime<'_> {
                             image_chunk += 1;
                             let mtmd = self.mtmd.as_ref();
                             let non_causal = mtmd.is_some_and(|m| m.non_causal(&chunk));
-                            // An M-RoPE image keeps its grid of rows: each has its place.
-                            let mrope = mtmd.is_some_and(|m| m.uses_mrope());
-                            let mut rows = if mrope {
-                                rows.clone()
+                            let mut rows = if mtmd.is_some_and(|m| m.uses_mrope()) {
+                                let (rows, pos, n_pos) =
+                                    mrope_image(&chunk, rows, width, pooling, u.body.n_pos);
+                                u.body.flag_image_at(pos, n_pos, non_causal);
+                                rows
                             } else {
-                                pooling.apply(rows, width)
+                                let rows = pooling.apply(rows, width);
+                                u.body.flag(rows.len() / width, true, non_causal);
+                                rows
                             };
                             if weight != 1.0 {
                                 rows.iter_mut().for_each(|v| *v *= weight);
-                            }
-                            if mrope {
-                                let pos = chunk.image_positions(u.body.n_pos);
-                                u.body.flag_image_at(pos, chunk.n_pos(), non_causal);
-                            } else {
-                                u.body.flag(rows.len() / width, true, non_causal);
                             }
                             u.body.rows.extend_from_slice(&rows);
                         } else {
@@ -342,6 +339,39 @@ impl Runtime<'_> {
         self.pass_prefix = Some(tokens.to_vec());
         Ok(pos)
     }
+}
+
+/// An M-RoPE image chunk's `rows` for a pass starting at body position `at`: the rows (pooled
+/// over their grid as `pooling` says), their positions `(t, y, x)` and the positions the image
+/// takes. Unpooled, exactly mtmd's; pooled, the smaller grid laid out the same way (all rows
+/// at `t = at`, `y`/`x` offset by row and column, the image taking `max(w, h)` positions).
+fn mrope_image(
+    chunk: &Chunk<'_>,
+    rows: &[f32],
+    width: usize,
+    pooling: Pooling,
+    at: i32,
+) -> (Vec<f32>, Vec<[i32; 3]>, usize) {
+    let pos = chunk.image_positions(at);
+    let side = |k: usize| {
+        pos.iter()
+            .map(|p| (p[k] - at + 1) as usize)
+            .max()
+            .unwrap_or(0)
+    };
+    let (grid_w, grid_h) = (side(2), side(1));
+    let n_rows = rows.len() / width.max(1);
+    if grid_w * grid_h != n_rows {
+        return (rows.to_vec(), pos, chunk.n_pos());
+    }
+    let (pooled, w, h) = pooling.apply_grid(rows, width, grid_w, grid_h);
+    if (w, h) == (grid_w, grid_h) {
+        return (pooled, pos, chunk.n_pos());
+    }
+    let pos = (0..h)
+        .flat_map(|y| (0..w).map(move |x| [at, at + y as i32, at + x as i32]))
+        .collect();
+    (pooled, pos, w.max(h))
 }
 
 /// The decodes of one group of parallel passes, in order. Without non-causal rows: the rows as
