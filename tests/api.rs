@@ -10,6 +10,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
+use llama_dms::api::chat::{base_request, DEFAULT_MAX_TOKENS};
+use llama_dms::api::types::GenerationRequest;
 use llama_dms::api::{router, AppState, Limits, ModelNames};
 use llama_dms::engine::{EngineConfig, EngineHandle, GenerateRequest, Message, Role};
 use serde_json::{json, Value};
@@ -500,6 +502,66 @@ async fn the_web_page_is_public_with_content_types() {
         let text = String::from_utf8(body.to_vec()).unwrap();
         assert!(text.contains(needle), "{path} lacks {needle}");
     }
+}
+
+#[tokio::test]
+async fn logit_bias_penalties_typical_p_and_stop_bounds() {
+    let app = app_with(engine(4), &[]);
+    let complete = |extra: Value| {
+        let mut body = json!({"prompt": "The colour of the sky is", "max_tokens": 4,
+            "temperature": 0, "repeat_penalty": 1.0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body.to_string()
+    };
+    // The tiny vocabulary's byte tokens: byte b is token 3 + b ('Z' = 93, '[' = 94).
+    let forced = complete(json!({"logit_bias": {"93": 100, "94": 90}}));
+    let (s, v, _) = call(&app, "POST", "/v1/completions", Some(forced), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["choices"][0]["text"], "ZZZZ",
+        "+100 all but forces a token"
+    );
+    let kept_out = complete(json!({"logit_bias": {"93": -100, "94": 90}}));
+    let (s, v, _) = call(&app, "POST", "/v1/completions", Some(kept_out), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["text"], "[[[[", "-100 keeps 'Z' out");
+    // Penalties and typical sampling are taken; a repetition penalty changes the greedy answer
+    // of a forced repetition.
+    let penalised = complete(json!({"logit_bias": {"93": 10, "94": 9.9},
+        "repeat_penalty": 10.0, "repeat_last_n": 8, "typical_p": 0.9}));
+    let (s, v, _) = call(&app, "POST", "/v1/completions", Some(penalised), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_ne!(v["choices"][0]["text"], "ZZZZ", "{v}");
+    for (extra, param) in [
+        (json!({"logit_bias": {"93": 101}}), "logit_bias"),
+        (json!({"logit_bias": {"x": 1}}), "logit_bias"),
+        (json!({"logit_bias": {"-3": 1}}), "logit_bias"),
+        (json!({"logit_bias": {"1000000": 1}}), "logit_bias"),
+        (json!({"typical_p": 1.5}), "typical_p"),
+        (json!({"repeat_penalty": -1}), "repeat_penalty"),
+        (json!({"repeat_last_n": -2}), "repeat_last_n"),
+        (json!({"stop": vec!["x"; 17]}), "stop"),
+        (json!({"stop": ["y".repeat(257)]}), "stop"),
+        (json!({"stop": [""]}), "stop"),
+    ] {
+        let (s, v, _) = call(
+            &app,
+            "POST",
+            "/v1/completions",
+            Some(complete(extra.clone())),
+            None,
+        )
+        .await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, &format!("{extra}"));
+        assert_eq!(v["error"]["param"], param, "{extra}");
+    }
+    // Without max_tokens an answer stops at the default cap, or at the context if smaller.
+    let bare: GenerationRequest = serde_json::from_value(json!({"prompt": "x"})).unwrap();
+    let cap = |n_ctx| base_request(&bare, n_ctx).unwrap().max_tokens;
+    assert_eq!(cap(8192), DEFAULT_MAX_TOKENS);
+    assert_eq!(cap(256), 256);
 }
 
 #[tokio::test]

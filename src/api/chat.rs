@@ -56,6 +56,63 @@ fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
+/// Tokens generated when a request sets no `max_tokens` (nor `max_completion_tokens`), or the
+/// context if it is smaller: a runaway answer stops there instead of filling the context.
+pub const DEFAULT_MAX_TOKENS: usize = 2048;
+/// Most `stop` sequences a request may give.
+pub const MAX_STOP_SEQUENCES: usize = 16;
+/// Longest `stop` sequence in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Most `logit_bias` entries a request may give.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// The `logit_bias` map as token ids and biases: keys must be token ids, values in [-100, 100].
+/// (Ids beyond the vocabulary are checked by [`check_logit_bias_ids`].)
+fn parse_logit_bias(
+    map: Option<&std::collections::BTreeMap<String, f32>>,
+) -> Result<Vec<(i32, f32)>, ApiError> {
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::bad_param(
+            "logit_bias",
+            format!("logit_bias takes at most {MAX_LOGIT_BIAS} entries"),
+        ));
+    }
+    map.iter()
+        .map(|(k, &v)| {
+            let id = k.parse::<i32>().ok().filter(|id| *id >= 0).ok_or_else(|| {
+                ApiError::bad_param("logit_bias", "logit_bias keys must be token ids")
+            })?;
+            if !(-100.0..=100.0).contains(&v) {
+                return Err(ApiError::bad_param(
+                    "logit_bias",
+                    "logit_bias values must be in [-100, 100]",
+                ));
+            }
+            Ok((id, v))
+        })
+        .collect()
+}
+
+/// Refuses `logit_bias` ids the model's vocabulary (`n_vocab` tokens) does not have.
+pub fn check_logit_bias_ids(f: &GenerationRequest, n_vocab: usize) -> Result<(), ApiError> {
+    let too_big = f
+        .logit_bias
+        .iter()
+        .flat_map(|m| m.keys())
+        .filter_map(|k| k.parse::<usize>().ok())
+        .find(|&id| id >= n_vocab);
+    match too_big {
+        Some(id) => Err(ApiError::bad_param(
+            "logit_bias",
+            format!("token {id} is not in the vocabulary ({n_vocab} tokens)"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks the shared sampling fields and turns them into a request without messages.
 pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateRequest, ApiError> {
     if matches!(f.n, Some(n) if n != 1) {
@@ -67,6 +124,23 @@ pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateReque
     in_range(f.top_k, 0, i32::MAX, "top_k")?;
     in_range(f.presence_penalty, -2.0, 2.0, "presence_penalty")?;
     in_range(f.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+    in_range(f.repeat_penalty, 0.0, 10.0, "repeat_penalty")?;
+    in_range(f.repeat_last_n, -1, n_ctx as i32, "repeat_last_n")?;
+    in_range(f.typical_p, 0.0, 1.0, "typical_p")?;
+    let stop = f.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    if stop.len() > MAX_STOP_SEQUENCES
+        || stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+    {
+        return Err(ApiError::bad_param(
+            "stop",
+            format!(
+                "stop takes at most {MAX_STOP_SEQUENCES} non-empty strings of at most {MAX_STOP_BYTES} bytes"
+            ),
+        ));
+    }
+    let logit_bias = parse_logit_bias(f.logit_bias.as_ref())?;
     let (max_tokens, max_param) = match f.max_completion_tokens {
         Some(n) => (Some(n), "max_completion_tokens"),
         None => (f.max_tokens, "max_tokens"),
@@ -80,6 +154,10 @@ pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateReque
         min_p: f.min_p.unwrap_or(defaults.min_p),
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        repeat_penalty: f.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+        penalty_last_n: f.repeat_last_n.unwrap_or(defaults.penalty_last_n),
+        typical_p: f.typical_p.unwrap_or(defaults.typical_p),
+        logit_bias,
         seed: f.seed.map_or_else(rand_seed, |s| s as u32),
         ignore_eos: f.ignore_eos.unwrap_or(false),
         ..defaults
@@ -100,8 +178,8 @@ pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateReque
     }
     Ok(GenerateRequest {
         sampling,
-        max_tokens: max_tokens.map_or(n_ctx, |n| n as usize),
-        stop: f.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        max_tokens: max_tokens.map_or(DEFAULT_MAX_TOKENS.min(n_ctx), |n| n as usize),
+        stop,
         response_format,
         ..GenerateRequest::new(Vec::new())
     })

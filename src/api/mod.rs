@@ -308,6 +308,7 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let info = state.engine()?.info().clone();
     let served = check_model(req.model.as_deref(), &state.model_names, &info.name)?;
+    chat::check_logit_bias_ids(&req, info.n_vocab)?;
     let (streaming, include_usage) = stream_flags(&req);
     let request = chat::to_engine_request(req, &state, info.n_ctx)?;
     respond(
@@ -328,6 +329,7 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let info = state.engine()?.info().clone();
     let served = check_model(req.model.as_deref(), &state.model_names, &info.name)?;
+    chat::check_logit_bias_ids(&req, info.n_vocab)?;
     let prompt = match req.prompt.clone().map(|p| p.into_vec()) {
         Some(v) if v.len() == 1 => v.into_iter().next().unwrap_or_default(),
         _ => return Err(ApiError::bad_param("prompt", "send exactly one prompt")),

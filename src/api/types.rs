@@ -54,6 +54,19 @@ pub struct GenerationRequest {
     /// OpenAI presence penalty.
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    /// Token id (as a string) -> bias added to its logit, in [-100, 100] (-100 keeps the token
+    /// out, 100 all but forces it).
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// llama.cpp's repetition penalty (1 = off).
+    #[serde(default)]
+    pub repeat_penalty: Option<f32>,
+    /// How many recent tokens the penalties look at (0 = none, -1 = the whole context).
+    #[serde(default)]
+    pub repeat_last_n: Option<i32>,
+    /// Locally typical sampling mass (1 = off).
+    #[serde(default)]
+    pub typical_p: Option<f32>,
     /// OpenAI frequency penalty.
     #[serde(default)]
     pub frequency_penalty: Option<f32>,

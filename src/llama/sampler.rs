@@ -16,6 +16,8 @@ pub struct SamplerParams {
     pub top_k: i32,
     /// Nucleus sampling mass (1 = off).
     pub top_p: f32,
+    /// Locally typical sampling mass (1 = off).
+    pub typical_p: f32,
     /// Drop tokens below `min_p` times the top probability (0 = off).
     pub min_p: f32,
     /// Repetition penalty (1 = off).
@@ -32,6 +34,8 @@ pub struct SamplerParams {
     pub grammar: Option<String>,
     /// Never pick an end-of-generation token (generate exactly `max_tokens`; for benchmarks).
     pub ignore_eos: bool,
+    /// Biases added to tokens' logits before sampling (ids outside the vocabulary are ignored).
+    pub logit_bias: Vec<(Token, f32)>,
 }
 
 impl Default for SamplerParams {
@@ -40,6 +44,7 @@ impl Default for SamplerParams {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
+            typical_p: 1.0,
             min_p: 0.05,
             repeat_penalty: 1.0,
             frequency_penalty: 0.0,
@@ -48,6 +53,7 @@ impl Default for SamplerParams {
             seed: 0,
             grammar: None,
             ignore_eos: false,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -86,21 +92,22 @@ impl Sampler {
                 unsafe { sys::llama_rs_sampler_init_grammar(vocab, g.as_ptr(), c"root".as_ptr()) };
             sampler.add(s, "invalid grammar")?;
         }
-        if params.ignore_eos {
-            let bans: Vec<sys::llama_logit_bias> = (0..model.n_vocab() as i32)
-                .filter(|&t| model.is_eog(t))
-                .map(|token| sys::llama_logit_bias {
-                    token,
-                    bias: f32::NEG_INFINITY,
-                })
-                .collect();
+        let n_vocab = model.n_vocab() as i32;
+        let eog_bans = (0..n_vocab)
+            .filter(|&t| params.ignore_eos && model.is_eog(t))
+            .map(|t| (t, f32::NEG_INFINITY));
+        let bans: Vec<sys::llama_logit_bias> = params
+            .logit_bias
+            .iter()
+            .copied()
+            .filter(|(t, b)| (0..n_vocab).contains(t) && b.is_finite())
+            .chain(eog_bans)
+            .map(|(token, bias)| sys::llama_logit_bias { token, bias })
+            .collect();
+        if !bans.is_empty() {
             // SAFETY: `bans` is a valid array of `bans.len()` entries, copied by llama.
             let s = unsafe {
-                sys::llama_sampler_init_logit_bias(
-                    model.n_vocab() as i32,
-                    bans.len() as i32,
-                    bans.as_ptr(),
-                )
+                sys::llama_sampler_init_logit_bias(n_vocab, bans.len() as i32, bans.as_ptr())
             };
             sampler.add(s, "logit bias")?;
         }
@@ -135,6 +142,12 @@ impl Sampler {
             sampler.add(
                 unsafe { sys::llama_sampler_init_top_p(params.top_p, 1) },
                 "top_p",
+            )?;
+        }
+        if params.typical_p < 1.0 {
+            sampler.add(
+                unsafe { sys::llama_sampler_init_typical(params.typical_p, 1) },
+                "typical_p",
             )?;
         }
         if params.min_p > 0.0 {
