@@ -293,6 +293,8 @@ async fn auth_not_found_and_body_limit() {
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "wrong key");
     let (s, _, _) = call(&app, "GET", "/health", None, None).await;
     assert_eq!(s, StatusCode::OK, "health stays public");
+    let (s, v, _) = call(&app, "GET", "/props", None, None).await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "props need the key");
     let (s, v, _) = call(&app, "GET", "/v1/models", None, Some("secret-2")).await;
     assert_eq!(s, StatusCode::OK);
     let id = v["data"][0]["id"].as_str().unwrap().to_string();
@@ -349,6 +351,20 @@ async fn aliases_name_the_model_and_strict_names_refuse_others() {
         assert_eq!(s, StatusCode::OK, "{id}: {v}");
         assert_eq!(v["model"], "tiny-chat", "responses name the first alias");
     }
+    let (s, props, _) = call(&app, "GET", "/props", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{props}");
+    assert_eq!(props["model"], "tiny-chat");
+    assert_eq!(props["model_file"], file_name.as_str());
+    assert_eq!(props["strict_model_name"], true);
+    assert_eq!(props["modalities"]["vision"], true);
+    assert_eq!(props["total_slots"], 1);
+    assert!(props["n_ctx"].as_u64().unwrap() > 0 && props["n_vocab"].as_u64().unwrap() > 0);
+    assert!(props["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("im_start"));
+    assert_eq!(props["dms"]["default_mode"], "off");
+    assert!(props["dms"]["schedulers"].is_array());
     let wrong = chat(json!("hi"), json!({"model": "llama-3-70b"}));
     let (s, v, _) = post_chat(&app, Some(wrong), None).await;
     assert_error(

@@ -26,7 +26,7 @@ use crate::engine::{DmsMode, EngineHandle};
 use chat::Shape;
 pub use error::ApiError;
 use media::MediaPolicy;
-use types::{GenerationRequest, LogprobsField, ModelCard};
+use types::{DmsProps, GenerationRequest, LogprobsField, Modalities, ModelCard, Props};
 
 /// Request limits.
 #[derive(Debug, Clone)]
@@ -170,6 +170,9 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let mut app = metrics_route
         .nest("/v1", v1)
         .route("/health", get(health))
+        .merge(Router::new().route("/props", get(props)).route_layer(
+            middleware::from_fn_with_state(state.clone(), require_api_key),
+        ))
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("unknown route") })
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
@@ -462,6 +465,36 @@ async fn list_schedulers(State(state): State<AppState>) -> Result<Response, ApiE
         axum::Json(json!({"object": "list", "data": data, "default_mode": state.default_dms}))
             .into_response(),
     )
+}
+
+/// `GET /props` (needs the key when keys are set).
+async fn props(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let info = engine.info();
+    let names = &state.model_names;
+    Ok(axum::Json(Props {
+        model: names.served(&info.name),
+        model_file: info.name.clone(),
+        aliases: names.aliases.clone(),
+        strict_model_name: names.strict,
+        description: info.description.clone(),
+        architecture: info.architecture.clone(),
+        n_ctx: info.n_ctx,
+        n_vocab: info.n_vocab,
+        n_embd: info.n_embd,
+        total_slots: info.slots,
+        chat_template: info.chat_template.clone(),
+        modalities: Modalities {
+            vision: info.vision,
+            audio: false,
+        },
+        dms: DmsProps {
+            default_mode: state.default_dms,
+            schedulers: engine.schedulers().names(),
+        },
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .into_response())
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -329,3 +329,54 @@ pub struct ModelCard {
     /// llama.cpp's description.
     pub description: String,
 }
+
+/// `GET /props`: what the server runs, for clients that adapt to it (llama-server has one).
+#[derive(Debug, Clone, Serialize)]
+pub struct Props {
+    /// The name responses report (the first `--alias`, else the model file's).
+    pub model: String,
+    /// The model file's name (without `.gguf`).
+    pub model_file: String,
+    /// Every name a request's `model` may give when names are strict.
+    pub aliases: Vec<String>,
+    /// Whether other names are refused (`--strict-model-name`).
+    pub strict_model_name: bool,
+    /// llama.cpp's description (architecture, size, quantisation).
+    pub description: String,
+    /// Text architecture (`llama`, `qwen2vl`, `gemma3`, ...).
+    pub architecture: String,
+    /// Context window of each request.
+    pub n_ctx: usize,
+    /// Vocabulary size (the range of `logit_bias` ids).
+    pub n_vocab: usize,
+    /// Hidden width.
+    pub n_embd: usize,
+    /// Requests generated at once.
+    pub total_slots: usize,
+    /// The GGUF's chat template, if it has one.
+    pub chat_template: Option<String>,
+    /// What inputs the model takes.
+    pub modalities: Modalities,
+    /// DMS: the mode of a request that names none, and the schedulers it may name.
+    pub dms: DmsProps,
+    /// llama-dms version.
+    pub version: &'static str,
+}
+
+/// `Props::modalities`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Modalities {
+    /// Images accepted.
+    pub vision: bool,
+    /// Audio accepted (never, yet).
+    pub audio: bool,
+}
+
+/// `Props::dms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DmsProps {
+    /// Mode of a request whose `dms` names none (`serve --dms`).
+    pub default_mode: crate::engine::DmsMode,
+    /// Scheduler plugins a request's `dms.scheduler` may name.
+    pub schedulers: Vec<String>,
+}

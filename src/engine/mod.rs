@@ -293,6 +293,10 @@ pub struct ModelInfo {
     pub n_vocab: usize,
     /// Whether images are accepted.
     pub vision: bool,
+    /// Requests generated at once (`parallel`).
+    pub slots: usize,
+    /// The GGUF's chat template, if it has one.
+    pub chat_template: Option<String>,
 }
 
 struct Job {

@@ -71,6 +71,8 @@ pub(super) fn run(
         n_embd: model.n_embd(),
         n_vocab: model.n_vocab(),
         vision: rt.mtmd().is_some_and(|m| m.supports_vision()),
+        slots: parallel,
+        chat_template: model.chat_template(),
     };
     tracing::info!(model = %info.name, n_ctx = info.n_ctx, vision = info.vision, "engine ready");
     if ready.send(Ok(info)).is_err() {
