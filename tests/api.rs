@@ -521,6 +521,77 @@ async fn the_web_page_is_public_with_content_types() {
 }
 
 #[tokio::test]
+async fn n_choices_are_generated_side_by_side_up_to_the_slots() {
+    let tiny = common::tiny_models();
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()));
+    config.runtime.context.n_ctx = 256;
+    config.runtime.context.n_threads = 1;
+    config.parallel = 2;
+    let app = app_with(EngineHandle::start(config).unwrap(), &[]);
+    // Sampled with seeds s and s + 1: two choices, usually different; the prompt counted once.
+    let body = chat(
+        json!("hi"),
+        json!({"n": 2, "max_tokens": 8, "temperature": 1.5, "seed": 7, "ignore_eos": true}),
+    );
+    let (s, v, _) = post_chat(&app, Some(body.clone()), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert!(c["message"]["content"].is_string());
+    }
+    assert_ne!(
+        choices[0]["message"]["content"],
+        choices[1]["message"]["content"]
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+    let (_, again, _) = post_chat(&app, Some(body), None).await;
+    assert_eq!(
+        again["choices"], v["choices"],
+        "seeded: the same choices again"
+    );
+    // Streamed: every chunk names its choice; each choice ends once; usage sums them.
+    let stream = chat(
+        json!("hi"),
+        json!({"n": 2, "max_tokens": 3, "stream": true, "stream_options": {"include_usage": true},
+            "ignore_eos": true}),
+    );
+    let (s, v, _) = post_chat(&app, Some(stream), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v.as_str().unwrap();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for index in [0, 1] {
+        let of = |c: &&Value| c["choices"][0]["index"] == index;
+        let finished = chunks
+            .iter()
+            .filter(of)
+            .filter(|c| c["choices"][0]["finish_reason"].is_string())
+            .count();
+        assert_eq!(finished, 1, "choice {index}: {text}");
+        let content: String = chunks
+            .iter()
+            .filter(of)
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert!(!content.is_empty(), "choice {index}: {text}");
+    }
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 6, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    // More choices than slots: refused, naming `n`.
+    let three = chat(json!("hi"), json!({"n": 3}));
+    let (s, v, _) = post_chat(&app, Some(three), None).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "n above --parallel");
+    assert_eq!(v["error"]["param"], "n");
+}
+
+#[tokio::test]
 async fn logit_bias_penalties_typical_p_and_stop_bounds() {
     let app = app_with(engine(4), &[]);
     let complete = |extra: Value| {

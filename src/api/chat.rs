@@ -1,25 +1,21 @@
-//! `POST /v1/chat/completions`: validation, conversion to an engine request, and the answer
-//! (one JSON object, or server-sent events when `stream` is set).
+//! `POST /v1/chat/completions` and `/v1/completions`: validation and conversion to an engine
+//! request (the answer itself is [`super::respond`]'s).
 
-use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::engine::{
-    ContentPart as EngineContent, DmsMode, DmsSettings, EngineError, Event, GenerateRequest,
-    Message, ResponseFormat, Role as EngineRole, TokenLogprob,
+    ContentPart as EngineContent, DmsMode, DmsSettings, EngineError, GenerateRequest, Message,
+    ResponseFormat, Role as EngineRole, TokenLogprob,
 };
 use crate::llama::SamplerParams;
 
 use super::error::ApiError;
 use super::media::load_image;
 use super::types::{
-    finish_reason, AssistantMessage, ChatCompletion, Choice, ContentPart, GenerationRequest,
-    LogprobsField, MessageContent, PromptTokensDetails, ResponseFormatRequest, Role, Usage,
+    ContentPart, GenerationRequest, LogprobsField, MessageContent, PromptTokensDetails,
+    ResponseFormatRequest, Role, Usage,
 };
 use super::AppState;
 
@@ -63,6 +59,8 @@ pub const DEFAULT_MAX_TOKENS: usize = 2048;
 pub const MAX_STOP_SEQUENCES: usize = 16;
 /// Longest `stop` sequence in bytes.
 pub const MAX_STOP_BYTES: usize = 256;
+/// Most choices (`n`) a request may ask for; a server also caps them at its `--parallel`.
+pub const MAX_CHOICES: usize = 16;
 /// Most `logit_bias` entries a request may give.
 pub const MAX_LOGIT_BIAS: usize = 1024;
 
@@ -96,6 +94,19 @@ fn parse_logit_bias(
         .collect()
 }
 
+/// The number of choices asked for (`n`, 1 by default), refused above the server's `slots`
+/// (requests generated at once), since the choices are generated side by side.
+pub fn choices_asked(f: &GenerationRequest, slots: usize) -> Result<usize, ApiError> {
+    let n = f.n.unwrap_or(1).max(1) as usize;
+    if n > slots {
+        return Err(ApiError::bad_param(
+            "n",
+            format!("n may be at most {slots} here (the server's --parallel)"),
+        ));
+    }
+    Ok(n)
+}
+
 /// Refuses `logit_bias` ids the model's vocabulary (`n_vocab` tokens) does not have.
 pub fn check_logit_bias_ids(f: &GenerationRequest, n_vocab: usize) -> Result<(), ApiError> {
     let too_big = f
@@ -115,9 +126,7 @@ pub fn check_logit_bias_ids(f: &GenerationRequest, n_vocab: usize) -> Result<(),
 
 /// Checks the shared sampling fields and turns them into a request without messages.
 pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateRequest, ApiError> {
-    if matches!(f.n, Some(n) if n != 1) {
-        return Err(ApiError::bad_param("n", "only n = 1 is supported"));
-    }
+    in_range(f.n, 1, MAX_CHOICES as i64, "n")?;
     in_range(f.temperature, 0.0, 2.0, "temperature")?;
     in_range(f.top_p, 0.0, 1.0, "top_p")?;
     in_range(f.min_p, 0.0, 1.0, "min_p")?;
@@ -320,7 +329,7 @@ fn check_scheduler(dms: &DmsSettings, state: &AppState) -> Result<(), ApiError> 
 
 /// The request field of each image, in the engine's order (`messages[i].content[j].image_url`;
 /// message parts map one to one onto the engine's).
-fn image_params(request: &GenerateRequest) -> Vec<String> {
+pub(super) fn image_params(request: &GenerateRequest) -> Vec<String> {
     let mut out = Vec::new();
     for (i, m) in request.messages.iter().enumerate() {
         for (j, part) in m.content.iter().enumerate() {
@@ -333,7 +342,7 @@ fn image_params(request: &GenerateRequest) -> Vec<String> {
 }
 
 /// An engine error as an HTTP error, naming the image at fault when there is one.
-fn engine_error(e: EngineError, images: &[String]) -> ApiError {
+pub(super) fn engine_error(e: EngineError, images: &[String]) -> ApiError {
     let param = match &e {
         EngineError::Image { index, .. } => images.get(*index).cloned(),
         _ => None,
@@ -426,7 +435,7 @@ pub enum Shape {
 }
 
 impl Shape {
-    fn id(self) -> String {
+    pub(super) fn id(self) -> String {
         let prefix = if self == Shape::Chat {
             "chatcmpl"
         } else {
@@ -437,7 +446,7 @@ impl Shape {
 }
 
 /// One token's log-probabilities in OpenAI's chat shape.
-fn logprob_json(lp: &TokenLogprob) -> serde_json::Value {
+pub(super) fn logprob_json(lp: &TokenLogprob) -> serde_json::Value {
     let top: Vec<_> = lp
         .top
         .iter()
@@ -447,7 +456,7 @@ fn logprob_json(lp: &TokenLogprob) -> serde_json::Value {
 }
 
 /// The `usage` object.
-fn usage_of(u: crate::engine::Usage) -> Usage {
+pub(super) fn usage_of(u: crate::engine::Usage) -> Usage {
     Usage {
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
@@ -456,155 +465,4 @@ fn usage_of(u: crate::engine::Usage) -> Usage {
             cached_tokens: u.cached_tokens,
         },
     }
-}
-
-/// Runs a request to the end and answers with one JSON object.
-pub async fn complete(
-    state: &AppState,
-    request: GenerateRequest,
-    model: String,
-    shape: Shape,
-) -> Result<Response, ApiError> {
-    let wants_logprobs = request.top_logprobs.is_some();
-    let images = image_params(&request);
-    let mut events = state.engine()?.submit(request)?;
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Logprob(lp) => logprobs.push(logprob_json(&lp)),
-            Event::Error(e) => return Err(engine_error(e, &images)),
-            Event::Done(done) => {
-                let usage = usage_of(done.usage);
-                tracing::info!(
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
-                    "completed"
-                );
-                let logprobs = wants_logprobs.then(|| json!({"content": logprobs}));
-                let finish = finish_reason(done.finish_reason);
-                if shape == Shape::Text {
-                    let body = json!({"id": shape.id(), "object": "text_completion", "created": now(), "model": model,
-                        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
-                        "usage": usage, "dms": done.dms});
-                    return Ok(axum::Json(body).into_response());
-                }
-                let body = ChatCompletion {
-                    id: shape.id(),
-                    object: "chat.completion",
-                    created: now(),
-                    model,
-                    choices: vec![Choice {
-                        index: 0,
-                        message: AssistantMessage {
-                            role: "assistant",
-                            content: text,
-                        },
-                        logprobs,
-                        finish_reason: finish,
-                    }],
-                    usage,
-                    dms: done.dms,
-                };
-                return Ok(axum::Json(body).into_response());
-            }
-        }
-    }
-    Err(ApiError::internal())
-}
-
-/// Streams a request as OpenAI chunks over server-sent events. Dropping the connection drops
-/// the engine's event stream, which cancels the generation. The stream starts only once the
-/// engine has accepted the request (its first event), so that a request it refuses (a bad
-/// image, a prompt longer than the context) is a plain HTTP error, not an error inside a 200.
-pub async fn stream(
-    state: &AppState,
-    request: GenerateRequest,
-    model: String,
-    shape: Shape,
-    include_usage: bool,
-) -> Result<Response, ApiError> {
-    let images = image_params(&request);
-    let mut events = state.engine()?.submit(request)?;
-    let mut first = match events.recv().await {
-        Some(Event::Error(e)) => return Err(engine_error(e, &images)),
-        other => other,
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(32);
-    let (id, created) = (shape.id(), now());
-    let object = if shape == Shape::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    // One chunk: `delta` (chat) or `text` (completions), optional logprobs and finish reason.
-    let chunk = move |text: Option<&str>,
-                      logprobs: Option<serde_json::Value>,
-                      finish: Option<&str>| {
-        let mut choice = match (shape, text) {
-            (Shape::Chat, Some(t)) => json!({"index": 0, "delta": {"content": t}}),
-            (Shape::Chat, None) => json!({"index": 0, "delta": {}}),
-            (Shape::Text, t) => json!({"index": 0, "text": t.unwrap_or("")}),
-        };
-        choice["logprobs"] = logprobs.unwrap_or(serde_json::Value::Null);
-        choice["finish_reason"] = json!(finish);
-        json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
-    };
-    tokio::spawn(async move {
-        let send = |v: serde_json::Value| SseEvent::default().data(v.to_string());
-        if shape == Shape::Chat {
-            let mut first = chunk(Some(""), None, None);
-            first["choices"][0]["delta"]["role"] = json!("assistant");
-            if tx.send(Ok(send(first))).await.is_err() {
-                return;
-            }
-        }
-        let mut ended = false; // a Done or Error arrived (else the engine died: say so)
-        loop {
-            let event = match first.take() {
-                Some(event) => event,
-                None => match events.recv().await {
-                    Some(event) => event,
-                    None => break,
-                },
-            };
-            ended |= matches!(event, Event::Done(_) | Event::Error(_));
-            let out = match event {
-                Event::Text(t) => vec![send(chunk(Some(&t), None, None))],
-                Event::Logprob(lp) => {
-                    vec![send(chunk(
-                        None,
-                        Some(json!({"content": [logprob_json(&lp)]})),
-                        None,
-                    ))]
-                }
-                Event::Error(e) => vec![send(ApiError::from(e).body())],
-                Event::Done(done) => {
-                    let mut last = chunk(None, None, Some(finish_reason(done.finish_reason)));
-                    last["dms"] = serde_json::to_value(&done.dms).unwrap_or_default();
-                    let mut out = vec![send(last)];
-                    if include_usage {
-                        let mut usage = chunk(None, None, None);
-                        usage["choices"] = json!([]);
-                        usage["usage"] = json!(usage_of(done.usage));
-                        out.push(send(usage));
-                    }
-                    out
-                }
-            };
-            for e in out {
-                if tx.send(Ok(e)).await.is_err() {
-                    return; // client gone: dropping `events` cancels the request
-                }
-            }
-        }
-        if !ended {
-            let _ = tx.send(Ok(send(ApiError::internal().body()))).await;
-        }
-        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
-    });
-    Ok(Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response())
 }

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod error;
 pub mod media;
 pub mod metrics;
+pub mod respond;
 pub mod types;
 pub mod web;
 
@@ -313,10 +314,12 @@ async fn chat_completions(
     let served = check_model(req.model.as_deref(), &state.model_names, &info.name)?;
     chat::check_logit_bias_ids(&req, info.n_vocab)?;
     let (streaming, include_usage) = stream_flags(&req);
+    let n = chat::choices_asked(&req, info.slots)?;
     let request = chat::to_engine_request(req, &state, info.n_ctx)?;
     respond(
         &state,
         request,
+        n,
         served,
         Shape::Chat,
         streaming,
@@ -353,10 +356,12 @@ async fn completions(
         _ => {}
     }
     request.raw_prompt = Some(prompt);
+    let n = chat::choices_asked(&req, info.slots)?;
     respond(
         &state,
         request,
-        info.name,
+        n,
+        served,
         Shape::Text,
         streaming,
         include_usage,
@@ -392,18 +397,20 @@ fn check_model(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &AppState,
     request: crate::engine::GenerateRequest,
+    n: usize,
     model: String,
     shape: Shape,
     streaming: bool,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
     if streaming {
-        chat::stream(state, request, model, shape, include_usage).await
+        respond::stream(state, request, n, model, shape, include_usage).await
     } else {
-        chat::complete(state, request, model, shape).await
+        respond::complete(state, request, n, model, shape).await
     }
 }
 
