@@ -295,6 +295,9 @@ async fn auth_not_found_and_body_limit() {
     assert_eq!(s, StatusCode::OK, "health stays public");
     let (s, v, _) = call(&app, "GET", "/props", None, None).await;
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "props need the key");
+    let tokenize = json!({"content": "hi"}).to_string();
+    let (s, v, _) = call(&app, "POST", "/tokenize", Some(tokenize), None).await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "tokenize needs the key");
     let (s, v, _) = call(&app, "GET", "/v1/models", None, Some("secret-2")).await;
     assert_eq!(s, StatusCode::OK);
     let id = v["data"][0]["id"].as_str().unwrap().to_string();
@@ -589,6 +592,47 @@ async fn n_choices_are_generated_side_by_side_up_to_the_slots() {
     let (s, v, _) = post_chat(&app, Some(three), None).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "n above --parallel");
     assert_eq!(v["error"]["param"], "n");
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_round_trip() {
+    let app = app_with(engine(4), &[]);
+    let post = |path: &'static str, body: Value| {
+        let app = app.clone();
+        async move { call(&app, "POST", path, Some(body.to_string()), None).await }
+    };
+    let text = "The colour of the sky is blue, 空は青い.";
+    let (s, v, _) = post("/tokenize", json!({"content": text})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ids = v["tokens"].clone();
+    assert!(ids.as_array().unwrap().len() > 5, "{v}");
+    let (s, back, _) = post("/detokenize", json!({"tokens": ids})).await;
+    assert_eq!(s, StatusCode::OK, "{back}");
+    assert_eq!(back["content"], text);
+    // Control tokens parse as themselves (the tiny vocabulary's <|im_start|> is id 1), unless
+    // asked not to; pieces come with their text.
+    let (_, v, _) = post(
+        "/tokenize",
+        json!({"content": "<|im_start|>", "with_pieces": true}),
+    )
+    .await;
+    assert_eq!(v["tokens"], json!([{"id": 1, "piece": "<|im_start|>"}]));
+    let (_, v, _) = post(
+        "/tokenize",
+        json!({"content": "<|im_start|>", "parse_special": false}),
+    )
+    .await;
+    assert!(v["tokens"].as_array().unwrap().len() > 1, "{v}");
+    for (path, body, param) in [
+        ("/detokenize", json!({"tokens": [1_000_000]}), "tokens"),
+        ("/detokenize", json!({"tokens": [-1]}), "tokens"),
+        ("/detokenize", json!({"tokens": "hi"}), "tokens"),
+        ("/tokenize", json!({"content": 3}), "content"),
+    ] {
+        let (s, v, _) = post(path, body.clone()).await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, &format!("{path} {body}"));
+        assert_eq!(v["error"]["param"], param, "{path} {body}: {v}");
+    }
 }
 
 #[tokio::test]

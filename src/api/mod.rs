@@ -6,6 +6,7 @@ pub mod error;
 pub mod media;
 pub mod metrics;
 pub mod respond;
+pub mod tokens;
 pub mod types;
 pub mod web;
 
@@ -171,9 +172,16 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let mut app = metrics_route
         .nest("/v1", v1)
         .route("/health", get(health))
-        .merge(Router::new().route("/props", get(props)).route_layer(
-            middleware::from_fn_with_state(state.clone(), require_api_key),
-        ))
+        .merge(
+            Router::new()
+                .route("/props", get(props))
+                .route("/tokenize", post(tokens::tokenize))
+                .route("/detokenize", post(tokens::detokenize))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    require_api_key,
+                )),
+        )
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("unknown route") })
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))

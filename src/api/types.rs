@@ -380,3 +380,59 @@ pub struct DmsProps {
     /// Scheduler plugins a request's `dms.scheduler` may name.
     pub schedulers: Vec<String>,
 }
+
+/// `POST /tokenize`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizeRequest {
+    /// The text.
+    pub content: String,
+    /// Add the model's BOS token where its vocabulary asks for one (default false).
+    #[serde(default)]
+    pub add_special: bool,
+    /// Read control-token text (`<|im_start|>`) as those tokens (default true).
+    #[serde(default = "yes")]
+    pub parse_special: bool,
+    /// Answer `{id, piece}` objects instead of bare ids.
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /tokenize`'s answer: ids, or ids with their text.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenizeResponse {
+    /// The tokens.
+    pub tokens: Vec<TokenEntry>,
+}
+
+/// One token of [`TokenizeResponse`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum TokenEntry {
+    /// A bare id.
+    Id(i32),
+    /// An id with its text (lossy where a piece is part of a UTF-8 sequence).
+    WithPiece {
+        /// Token id.
+        id: i32,
+        /// Its text.
+        piece: String,
+    },
+}
+
+/// `POST /detokenize`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetokenizeRequest {
+    /// Token ids.
+    pub tokens: Vec<i64>,
+}
+
+/// `POST /detokenize`'s answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetokenizeResponse {
+    /// The text.
+    pub content: String,
+}

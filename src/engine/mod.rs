@@ -347,6 +347,7 @@ pub struct EngineHandle {
     stats: Arc<EngineStats>,
     schedulers: Arc<crate::dms::Registry>,
     fault: Arc<fault::FaultHook>,
+    tokenizer: Arc<crate::llama::Model>,
 }
 
 impl EngineHandle {
@@ -357,6 +358,7 @@ impl EngineHandle {
         let stats = Arc::new(EngineStats::default());
         let worker_stats = Arc::clone(&stats);
         let schedulers = Arc::clone(&config.schedulers);
+        let model_path = config.model.clone();
         let stop = Arc::new(Stop::default());
         let worker_stop = FinishOnDrop(Arc::clone(&stop));
         std::thread::Builder::new()
@@ -364,7 +366,14 @@ impl EngineHandle {
             .spawn(move || worker::run(config, queue, ready_tx, &worker_stats, worker_stop))
             .map_err(|e| EngineError::Internal(format!("cannot spawn the engine thread: {e}")))?;
         let info = ready_rx.recv().map_err(|_| EngineError::ShutDown)??;
+        // The vocabulary alone, for tokenising off the engine thread.
+        let vocab_only = crate::llama::ModelParams {
+            vocab_only: true,
+            ..Default::default()
+        };
+        let tokenizer = Arc::new(crate::llama::Model::load(&model_path, &vocab_only)?);
         Ok(Self {
+            tokenizer,
             jobs,
             stop,
             info: Arc::new(info),
@@ -401,6 +410,12 @@ impl EngineHandle {
     /// The loaded model.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The model's vocabulary (loaded apart from the engine's model: tokenising with it never
+    /// waits for the engine thread).
+    pub fn tokenizer(&self) -> Arc<crate::llama::Model> {
+        Arc::clone(&self.tokenizer)
     }
 
     /// The DMS schedulers requests may name.

@@ -18,6 +18,8 @@ pub struct ModelParams {
     pub n_gpu_layers: i32,
     /// Memory-map the file instead of reading it.
     pub use_mmap: bool,
+    /// Load only the vocabulary (a tokenizer: no weights, no decoding).
+    pub vocab_only: bool,
 }
 
 impl Default for ModelParams {
@@ -25,6 +27,7 @@ impl Default for ModelParams {
         Self {
             n_gpu_layers: 0,
             use_mmap: true,
+            vocab_only: false,
         }
     }
 }
@@ -35,7 +38,19 @@ pub struct Model {
     path: PathBuf,
 }
 
+// SAFETY: a loaded model is never mutated through this wrapper (every method takes `&self`
+// and only reads: metadata, tokenisation, token lookups, which llama-server also calls from
+// several threads at once), and llama.cpp frees it only in Drop.
+unsafe impl Send for Model {}
+// SAFETY: as above: shared access only reads.
+unsafe impl Sync for Model {}
+
 impl Model {
+    /// Whether `token` is an id of the vocabulary (llama.cpp aborts on others).
+    pub fn has_token(&self, token: Token) -> bool {
+        (0..self.n_vocab() as Token).contains(&token)
+    }
+
     /// Loads a GGUF text model.
     pub fn load(path: &Path, params: &ModelParams) -> Result<Self> {
         init_backend();
@@ -43,6 +58,7 @@ impl Model {
         // SAFETY: returns a plain struct of defaults.
         let mut mp = unsafe { sys::llama_model_default_params() };
         mp.n_gpu_layers = params.n_gpu_layers;
+        mp.vocab_only = params.vocab_only;
         if !params.use_mmap {
             mp.load_mode = sys::LLAMA_LOAD_MODE_NONE;
         }
