@@ -636,6 +636,38 @@ async fn tokenize_and_detokenize_round_trip() {
 }
 
 #[tokio::test]
+async fn a_chat_template_override_renders_the_prompt() {
+    let tiny = common::tiny_models();
+    let mut config = EngineConfig::new(&tiny.model, Some(tiny.mmproj.clone()));
+    config.runtime.context.n_ctx = 256;
+    config.runtime.context.n_threads = 1;
+    config.chat_template = Some(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}\
+         {% if add_generation_prompt %}<assistant>{% endif %}"
+            .into(),
+    );
+    let app = app_with(EngineHandle::start(config).unwrap(), &[]);
+    let (_, props, _) = call(&app, "GET", "/props", None, None).await;
+    assert!(
+        props["chat_template"]
+            .as_str()
+            .unwrap()
+            .starts_with("{% for m"),
+        "{props}"
+    );
+    let body = chat(json!("Hello there"), json!({"max_tokens": 1}));
+    let (s, v, _) = post_chat(&app, Some(body), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Exactly the tokens of the rendered text.
+    let rendered = json!({"content": "<user>Hello there<assistant>"}).to_string();
+    let (_, tokens, _) = call(&app, "POST", "/tokenize", Some(rendered), None).await;
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        tokens["tokens"].as_array().unwrap().len()
+    );
+}
+
+#[tokio::test]
 async fn logit_bias_penalties_typical_p_and_stop_bounds() {
     let app = app_with(engine(4), &[]);
     let complete = |extra: Value| {

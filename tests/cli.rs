@@ -50,6 +50,45 @@ fn run_answers_about_an_image_on_the_tiny_model() {
 }
 
 #[test]
+fn a_chat_template_is_a_file_or_a_builtin_name() {
+    let tiny = common::tiny_models();
+    let (m, p) = (tiny.model.to_str().unwrap(), tiny.mmproj.to_str().unwrap());
+    let run = |template: &str| {
+        llama_dms(&[
+            "run",
+            "-m",
+            m,
+            "--mmproj",
+            p,
+            "-p",
+            "Hi",
+            "-n",
+            "2",
+            "--chat-template",
+            template,
+        ])
+    };
+    let file = common::scratch().join("template.jinja");
+    std::fs::write(
+        &file,
+        "{% for m in messages %}{{ m.content }}\n{% endfor %}",
+    )
+    .unwrap();
+    for ok in ["llama3", file.to_str().unwrap()] {
+        let out = run(ok);
+        assert!(out.status.success(), "{ok}: {}", stderr(&out));
+    }
+    let out = run("no-such-template");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("neither a file nor one of llama.cpp's built-in templates")
+            && err.contains("chatml"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_files_and_bad_images_exit_2_with_one_line() {
     let tiny = common::tiny_models();
     let m = tiny.model.to_str().unwrap();

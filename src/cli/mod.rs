@@ -143,6 +143,10 @@ pub struct ModelArgs {
     /// Directory of DMS scheduler plugins (*.toml, *.json); built-ins only if it does not exist.
     #[arg(long, env = "LLAMA_DMS_PLUGINS", default_value = "plugins")]
     pub plugins: PathBuf,
+    /// Chat template instead of the GGUF's: a Jinja file, or the name of one of llama.cpp's
+    /// built-in templates (chatml, llama3, gemma, mistral-v7, ...).
+    #[arg(long, env = "LLAMA_DMS_CHAT_TEMPLATE", value_name = "NAME|FILE")]
+    pub chat_template: Option<String>,
 }
 
 impl ModelArgs {
@@ -192,6 +196,11 @@ impl ModelArgs {
         };
         config.runtime.mtmd_use_gpu = self.n_gpu_layers != 0;
         config.runtime.image_cache_bytes = self.image_cache_mb.saturating_mul(1 << 20);
+        config.chat_template = self
+            .chat_template
+            .as_deref()
+            .map(resolve_template)
+            .transpose()?;
         config.schedulers = Arc::new(if self.plugins.is_dir() {
             Registry::load_dir(&self.plugins).map_err(|e| e.to_string())?
         } else {
@@ -199,6 +208,23 @@ impl ModelArgs {
         });
         Ok(config)
     }
+}
+
+/// `--chat-template`: a file's Jinja text, or a built-in template's name.
+fn resolve_template(arg: &str) -> Result<String, String> {
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        return std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the chat template {arg}: {e}"));
+    }
+    let names = crate::llama::builtin_chat_templates();
+    if names.iter().any(|n| n == arg) {
+        return Ok(arg.to_string());
+    }
+    Err(format!(
+        "--chat-template {arg:?} is neither a file nor one of llama.cpp's built-in templates ({})",
+        names.join(", ")
+    ))
 }
 
 /// Runs a parsed command line and returns the process exit code (2 = bad input).

@@ -241,6 +241,8 @@ impl EventStream {
 pub struct EngineConfig {
     /// Text model GGUF.
     pub model: PathBuf,
+    /// Chat template instead of the GGUF's: Jinja text or a llama.cpp built-in name.
+    pub chat_template: Option<String>,
     /// Projector GGUF (needed for images).
     pub mmproj: Option<PathBuf>,
     /// Layers offloaded to the GPU.
@@ -264,6 +266,7 @@ impl EngineConfig {
     pub fn new(model: impl Into<PathBuf>, mmproj: Option<PathBuf>) -> Self {
         Self {
             model: model.into(),
+            chat_template: None,
             mmproj,
             n_gpu_layers: 0,
             runtime: RuntimeConfig::default(),

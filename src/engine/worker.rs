@@ -33,13 +33,16 @@ pub(super) fn run(
         n_gpu_layers: config.n_gpu_layers,
         ..ModelParams::default()
     };
-    let model = match Model::load(&config.model, &params) {
+    let mut model = match Model::load(&config.model, &params) {
         Ok(m) => m,
         Err(e) => {
             let _ = ready.send(Err(e.into()));
             return;
         }
     };
+    if let Some(template) = &config.chat_template {
+        model.override_chat_template(template.clone());
+    }
     // Each of the `parallel` requests gets the configured window; one more window's worth of
     // cells and a few more sequences are kept for the DMS signal passes, so that they never
     // touch the memory the slots keep for their next requests.

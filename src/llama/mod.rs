@@ -21,7 +21,7 @@ use std::path::PathBuf;
 pub use batch::Batch;
 pub use context::{default_threads, Context, ContextParams};
 pub use gguf::TokenEmbeddings;
-pub use model::{Model, ModelParams, Token};
+pub use model::{builtin_chat_templates, Model, ModelParams, Token};
 pub use mtmd::{Bitmap, Chunk, ChunkKind, Chunks, Mtmd, MtmdParams, PromptPart};
 pub use sampler::{json_schema_to_grammar, Sampler, SamplerParams};
 pub use template::{apply_chat_template, ChatMessage};

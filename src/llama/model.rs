@@ -36,6 +36,8 @@ impl Default for ModelParams {
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
     path: PathBuf,
+    /// A chat template used instead of the GGUF's (see [`Model::override_chat_template`]).
+    template_override: Option<String>,
 }
 
 // SAFETY: a loaded model is never mutated through this wrapper (every method takes `&self`
@@ -72,6 +74,7 @@ impl Model {
         Ok(Self {
             ptr,
             path: path.to_path_buf(),
+            template_override: None,
         })
     }
 
@@ -185,8 +188,18 @@ impl Model {
         }
     }
 
-    /// The model's chat template (`tokenizer.chat_template`), if it has one.
+    /// Uses `template` instead of the GGUF's chat template: a Jinja template, or the name of
+    /// one of llama.cpp's built-in templates (see [`builtin_chat_templates`]).
+    pub fn override_chat_template(&mut self, template: String) {
+        self.template_override = Some(template);
+    }
+
+    /// The model's chat template: the override if one was set, else the GGUF's
+    /// (`tokenizer.chat_template`), if it has one.
     pub fn chat_template(&self) -> Option<String> {
+        if let Some(t) = &self.template_override {
+            return Some(t.clone());
+        }
         // SAFETY: valid model; a null name asks for the default template. The returned string is
         // owned by the model and copied before `self` can go away.
         let p = unsafe { sys::llama_model_chat_template(self.ptr.as_ptr(), std::ptr::null()) };
@@ -293,4 +306,20 @@ impl Drop for Model {
         // SAFETY: we own the model; contexts borrowing it have been dropped (lifetimes enforce it).
         unsafe { sys::llama_model_free(self.ptr.as_ptr()) };
     }
+}
+
+/// The names of llama.cpp's built-in chat templates (`chatml`, `llama3`, `gemma`, ...).
+pub fn builtin_chat_templates() -> Vec<String> {
+    // SAFETY: with a null output and length 0 llama.cpp only returns the count.
+    let n = unsafe { sys::llama_chat_builtin_templates(std::ptr::null_mut(), 0) };
+    let mut names: Vec<*const c_char> = vec![std::ptr::null(); n.max(0) as usize];
+    // SAFETY: `names` has room for `n` pointers; llama.cpp fills them with static strings.
+    let n = unsafe { sys::llama_chat_builtin_templates(names.as_mut_ptr(), names.len()) };
+    names
+        .iter()
+        .take(n.max(0) as usize)
+        .filter(|p| !p.is_null())
+        // SAFETY: non-null static NUL-terminated strings owned by llama.cpp.
+        .map(|&p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        .collect()
 }
