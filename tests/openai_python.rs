@@ -1,5 +1,5 @@
-//! A real `llama-dms serve` on 127.0.0.1 answering the official `openai` Python package
-//! (installed into a virtualenv by `scripts/deps`).
+//! A real `llama-dms serve` on 127.0.0.1 answering the official `openai` and `anthropic`
+//! Python packages (installed into a virtualenv by `scripts/deps`).
 
 mod common;
 
@@ -22,11 +22,16 @@ fn python() -> PathBuf {
 }
 
 fn run_client(base: &str) {
+    run_script("openai_client.py", base);
+}
+
+/// Runs `tests/python/SCRIPT BASE_URL IMAGE` and checks it printed `ok:`.
+fn run_script(script: &str, base: &str) {
     let image = common::scratch().join("client-red.png");
     std::fs::write(&image, common::png(32, 32, [230, 20, 20])).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
+    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(python())
-        .args([script, base, image.to_str().unwrap()])
+        .args([script.as_str(), base, image.to_str().unwrap()])
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -34,10 +39,7 @@ fn run_client(base: &str) {
         String::from_utf8_lossy(&out.stderr),
     );
     eprintln!("{stdout}");
-    assert!(
-        out.status.success(),
-        "openai client failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     assert!(stdout.starts_with("ok:"));
 }
 
@@ -55,4 +57,21 @@ fn openai_client_on_the_demo_model() {
     };
     let (_server, base) = start(&demo.model, &demo.mmproj);
     run_client(&base);
+}
+
+#[test]
+fn anthropic_client_on_the_tiny_model() {
+    let tiny = common::tiny_models();
+    let (_server, base) = start(&tiny.model, &tiny.mmproj);
+    // The anthropic client adds `/v1/messages` to a base without `/v1`.
+    run_script("anthropic_client.py", base.trim_end_matches("/v1"));
+}
+
+#[test]
+fn anthropic_client_on_the_demo_model() {
+    let Some(demo) = common::demo_paths() else {
+        return;
+    };
+    let (_server, base) = start(&demo.model, &demo.mmproj);
+    run_script("anthropic_client.py", base.trim_end_matches("/v1"));
 }

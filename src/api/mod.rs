@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP API (axum). It knows the engine only through [`EngineHandle`]
 //! and nothing of llama.cpp.
 
+pub mod anthropic;
 pub mod chat;
 pub mod error;
 pub mod media;
@@ -155,6 +156,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let v1 = Router::new()
         .route("/chat/completions", post(chat_completions))
         .route("/completions", post(completions))
+        .route("/messages", post(anthropic::messages))
         .route("/models", get(list_models))
         .route("/models/{id}", get(get_model))
         .route("/dms/schedulers", get(list_schedulers))
@@ -250,10 +252,13 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
     if state.api_keys.is_empty() {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map_or(&b""[..], |v| bearer(v.as_bytes()));
+    // `Authorization: Bearer KEY` (OpenAI) or `x-api-key: KEY` (Anthropic).
+    let headers = request.headers();
+    let given = match (headers.get(header::AUTHORIZATION), headers.get("x-api-key")) {
+        (Some(v), _) => bearer(v.as_bytes()),
+        (None, Some(v)) => v.as_bytes(),
+        (None, None) => &b""[..],
+    };
     // An empty key never matches (not even a configured empty one).
     if !given.is_empty() && key_matches(&state.api_keys, given) {
         next.run(request).await
@@ -384,7 +389,7 @@ fn stream_flags(f: &GenerationRequest) -> (bool, bool) {
 
 /// The name to report for a request that asked for `requested`: any name is accepted unless
 /// the names are strict, in which case only the model's own are (404 otherwise).
-fn check_model(
+pub(crate) fn check_model(
     requested: Option<&str>,
     names: &ModelNames,
     loaded: &str,

@@ -41,17 +41,17 @@ fn total_usage(done: &[&Done]) -> Usage {
     usage
 }
 
-/// Runs `n` choices to the end and answers with one JSON object.
-pub async fn complete(
+/// One finished choice: its text, its token log-probabilities (OpenAI's shape) and the end.
+pub type Answer = (String, Vec<serde_json::Value>, Box<Done>);
+
+/// Runs `n` choices of `request` to the end.
+pub async fn answers(
     state: &AppState,
-    request: GenerateRequest,
+    request: &GenerateRequest,
     n: usize,
-    model: String,
-    shape: Shape,
-) -> Result<Response, ApiError> {
-    let wants_logprobs = request.top_logprobs.is_some();
-    let images = image_params(&request);
-    let streams = submit_all(state, &request, n)?;
+) -> Result<Vec<Answer>, ApiError> {
+    let images = image_params(request);
+    let streams = submit_all(state, request, n)?;
     let mut answers = Vec::with_capacity(n);
     for mut events in streams {
         let (mut text, mut logprobs) = (String::new(), Vec::new());
@@ -65,6 +65,19 @@ pub async fn complete(
             }
         }
     }
+    Ok(answers)
+}
+
+/// Runs `n` choices to the end and answers with one JSON object.
+pub async fn complete(
+    state: &AppState,
+    request: GenerateRequest,
+    n: usize,
+    model: String,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    let wants_logprobs = request.top_logprobs.is_some();
+    let answers = answers(state, &request, n).await?;
     let done: Vec<&Done> = answers.iter().map(|(_, _, d)| &**d).collect();
     let usage = total_usage(&done);
     tracing::info!(
