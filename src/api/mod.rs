@@ -7,6 +7,7 @@ pub mod error;
 pub mod media;
 pub mod metrics;
 pub mod respond;
+pub mod responses;
 pub mod tokens;
 pub mod types;
 pub mod web;
@@ -157,6 +158,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/chat/completions", post(chat_completions))
         .route("/completions", post(completions))
         .route("/messages", post(anthropic::messages))
+        .route("/responses", post(responses::responses))
         .route("/models", get(list_models))
         .route("/models/{id}", get(get_model))
         .route("/dms/schedulers", get(list_schedulers))

@@ -2,7 +2,8 @@
 
 Usage: python openai_client.py BASE_URL IMAGE_PNG
 Checks a non-streaming and a streaming chat with an image (usage included), and that the streamed
-text equals the non-streamed text at temperature 0 with the same seed.
+text equals the non-streamed text at temperature 0 with the same seed; then the Responses API
+(`input_image` and `input_text`, plainly and streamed).
 """
 import base64
 import sys
@@ -42,5 +43,29 @@ assert streamed == text, (streamed, text)
 
 extra = client.chat.completions.create(**common, extra_body={"dms": {"mode": "fixed", "weights": {"images": [0.5], "text": 1.0}}})
 assert extra.model_extra["dms"]["weights"]["images"] == [0.5], extra.model_extra
+
+# Any model name is accepted with one model (the answer names the served one).
+other = client.chat.completions.create(**{**common, "model": "gpt-4o"})
+assert other.model == model, other.model
+
+# The Responses API, plainly and streamed, about the same image.
+inputs = [{"role": "user", "content": [
+    {"type": "input_image", "image_url": url},
+    {"type": "input_text", "text": "What is the main color of this image?"},
+]}]
+resp_args = dict(model="gpt-4o", input=inputs, instructions="Answer briefly.", temperature=0,
+                 max_output_tokens=12)
+response = client.responses.create(**resp_args)
+assert response.status in ("completed", "incomplete"), response.status
+assert response.output_text, response
+assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0, response.usage
+deltas, completed = [], None
+for event in client.responses.create(**resp_args, stream=True):
+    if event.type == "response.output_text.delta":
+        deltas.append(event.delta)
+    if event.type in ("response.completed", "response.incomplete"):
+        completed = event.response
+assert "".join(deltas) == response.output_text, (deltas, response.output_text)
+assert completed is not None and completed.output_text == response.output_text, completed
 
 print("ok:", repr(text))
