@@ -234,17 +234,15 @@ impl Runtime<'_> {
                         non_causal: *non_causal,
                     });
                 }
-                let mut at = pos + body.n_pos;
                 let n_suffix = suffix.len() / width;
                 for (k, row) in suffix.chunks_exact(width).enumerate() {
                     entries.push(PassRow {
                         row,
-                        pos: [at; 3],
+                        pos: [pos + body.n_pos + k as i32; 3],
                         seq,
                         output: (k + 1 == n_suffix).then_some((p, true)),
                         non_causal: false,
                     });
-                    at += 1;
                 }
             }
             let mut pass_out: Vec<PassOutput> = chunk
