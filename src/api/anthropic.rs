@@ -2,20 +2,18 @@
 //! Anthropic sends them), translated to and from our chat request: one generation path, DMS
 //! included (the `dms` extension works here too), with Anthropic's error shape.
 
-use std::convert::Infallible;
-
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::engine::{Event, FinishReason};
 
-use super::chat::{engine_error, image_params, now, to_engine_request};
+use super::chat::{new_id, to_engine_request};
 use super::error::ApiError;
 use super::respond::answers;
+use super::translate::{bad, chat_request, content, image_part, sse, started, text_part};
 use super::types::GenerationRequest;
 use super::{check_model, AppState};
 
@@ -61,64 +59,41 @@ impl IntoResponse for AnthropicError {
     }
 }
 
-fn bad(param: &str, message: &str) -> ApiError {
-    ApiError::bad_param(param, message)
-}
-
-/// Anthropic content (a string or blocks) as OpenAI content parts.
-fn content(value: &Value, at: &str) -> Result<Value, ApiError> {
-    let blocks = match value {
-        Value::String(s) => return Ok(json!(s)),
-        Value::Array(blocks) => blocks,
-        _ => return Err(bad(at, "content must be a string or a list of blocks")),
-    };
-    let parts = blocks
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let at = format!("{at}[{i}]");
-            match b["type"].as_str() {
-                Some("text") => match b["text"].as_str() {
-                    Some(t) => Ok(json!({"type": "text", "text": t})),
-                    None => Err(bad(&format!("{at}.text"), "a text block needs text")),
-                },
-                Some("image") => {
-                    let source = &b["source"];
-                    let url = match source["type"].as_str() {
-                        Some("base64") => format!(
-                            "data:{};base64,{}",
-                            source["media_type"].as_str().unwrap_or("image/png"),
-                            source["data"].as_str().unwrap_or_default()
-                        ),
-                        Some("url") => source["url"].as_str().unwrap_or_default().to_string(),
-                        _ => {
-                            return Err(bad(
-                                &format!("{at}.source"),
-                                "an image source is base64 or url",
-                            ))
-                        }
-                    };
-                    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
-                }
-                _ => Err(bad(&format!("{at}.type"), "blocks are text or image")),
+/// An Anthropic content block as a chat content part.
+fn block(b: &Value, at: &str) -> Result<Value, ApiError> {
+    match b["type"].as_str() {
+        Some("text") => text_part(b, at),
+        Some("image") => {
+            let source = &b["source"];
+            match source["type"].as_str() {
+                Some("base64") => Ok(image_part(&format!(
+                    "data:{};base64,{}",
+                    source["media_type"].as_str().unwrap_or("image/png"),
+                    source["data"].as_str().unwrap_or_default()
+                ))),
+                Some("url") => Ok(image_part(source["url"].as_str().unwrap_or_default())),
+                _ => Err(bad(
+                    &format!("{at}.source"),
+                    "an image source is base64 or url",
+                )),
             }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Value::Array(parts))
+        }
+        _ => Err(bad(&format!("{at}.type"), "blocks are text or image")),
+    }
 }
 
-/// The Anthropic request as our (OpenAI-shaped) chat request.
+/// The Anthropic request as our (OpenAI-shaped) chat request, and whether it streams.
 fn to_chat(body: &Value) -> Result<(GenerationRequest, bool), ApiError> {
     let Some(object) = body.as_object() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
-    let max_tokens = body["max_tokens"]
-        .as_i64()
-        .ok_or_else(|| bad("max_tokens", "max_tokens is required (an integer)"))?;
+    if !body["max_tokens"].is_i64() {
+        return Err(bad("max_tokens", "max_tokens is required (an integer)"));
+    }
     let mut messages = Vec::new();
-    match &body["system"] {
-        Value::Null => {}
-        system => messages.push(json!({"role": "system", "content": content(system, "system")?})),
+    if !body["system"].is_null() {
+        let system = content(&body["system"], "system", block)?;
+        messages.push(json!({"role": "system", "content": system}));
     }
     let turns = body["messages"]
         .as_array()
@@ -133,25 +108,19 @@ fn to_chat(body: &Value) -> Result<(GenerationRequest, bool), ApiError> {
                 ))
             }
         };
-        let content = content(&m["content"], &format!("messages[{i}].content"))?;
+        let content = content(&m["content"], &format!("messages[{i}].content"), block)?;
         messages.push(json!({"role": role, "content": content}));
     }
-    let mut chat = json!({"messages": messages, "max_tokens": max_tokens});
-    for (ours, theirs) in [
+    let fields = [
         ("model", "model"),
+        ("max_tokens", "max_tokens"),
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("top_k", "top_k"),
         ("stop", "stop_sequences"),
         ("dms", "dms"),
-    ] {
-        if let Some(v) = object.get(theirs) {
-            chat[ours] = v.clone();
-        }
-    }
-    let request = serde_json::from_value(chat)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
-    Ok((request, body["stream"].as_bool().unwrap_or(false)))
+    ];
+    chat_request(messages, object, &fields)
 }
 
 /// Anthropic's stop reason for ours.
@@ -160,16 +129,6 @@ fn stop_reason(finish: FinishReason) -> &'static str {
         FinishReason::Length => "max_tokens",
         _ => "end_turn",
     }
-}
-
-fn message_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "msg_{:x}{:06x}",
-        now(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// `POST /v1/messages`.
@@ -182,7 +141,7 @@ pub async fn messages(
     let (chat, streaming) = to_chat(&body)?;
     let model = check_model(chat.model.as_deref(), &state.model_names, &info.name)?;
     let request = to_engine_request(chat, &state, info.n_ctx)?;
-    let id = message_id();
+    let id = new_id("msg_");
     if !streaming {
         let (text, _, done) = answers(&state, &request, 1)
             .await?
@@ -196,77 +155,44 @@ pub async fn messages(
             "dms": done.dms});
         return Ok(axum::Json(body).into_response());
     }
-    let images = image_params(&request);
-    let mut events = engine.submit(request).map_err(ApiError::from)?;
-    // As with chat streams: an error before the first event is a plain HTTP error.
-    let mut first = match events.recv().await {
-        Some(Event::Error(e)) => return Err(engine_error(e, &images).into()),
-        other => other,
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(32);
-    tokio::spawn(async move {
-        let event =
-            |name: &str, data: Value| SseEvent::default().event(name).data(data.to_string());
-        let start = json!({"type": "message_start", "message": {"id": id, "type": "message",
-            "role": "assistant", "model": model, "content": [], "stop_reason": null,
-            "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}});
-        let block = json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "text", "text": ""}});
-        for e in [
-            event("message_start", start),
-            event("content_block_start", block),
-        ] {
-            if tx.send(Ok(e)).await.is_err() {
-                return;
-            }
+    let started = started(&state, request).await?;
+    let event = |name: &str, data: Value| SseEvent::default().event(name).data(data.to_string());
+    let start = json!({"type": "message_start", "message": {"id": id, "type": "message",
+        "role": "assistant", "model": model, "content": [], "stop_reason": null,
+        "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}});
+    let block = json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}});
+    let opening = vec![
+        event("message_start", start),
+        event("content_block_start", block),
+    ];
+    Ok(sse(started, opening, move |next| match next {
+        Some(Event::Text(t)) => {
+            let delta = json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": t}});
+            (vec![event("content_block_delta", delta)], false)
         }
-        loop {
-            let next = match first.take() {
-                Some(e) => Some(e),
-                None => events.recv().await,
-            };
-            let (out, ended) = match next {
-                Some(Event::Text(t)) => {
-                    let delta = json!({"type": "content_block_delta", "index": 0,
-                        "delta": {"type": "text_delta", "text": t}});
-                    (vec![event("content_block_delta", delta)], false)
-                }
-                Some(Event::Logprob(_)) => (Vec::new(), false),
-                Some(Event::Done(done)) => {
-                    let stop = json!({"type": "content_block_stop", "index": 0});
-                    let delta = json!({"type": "message_delta",
-                        "delta": {"stop_reason": stop_reason(done.finish_reason),
-                                  "stop_sequence": null},
-                        "usage": {"input_tokens": done.usage.prompt_tokens,
-                                  "output_tokens": done.usage.completion_tokens},
-                        "dms": done.dms});
-                    let end = json!({"type": "message_stop"});
-                    let out = vec![
-                        event("content_block_stop", stop),
-                        event("message_delta", delta),
-                        event("message_stop", end),
-                    ];
-                    (out, true)
-                }
-                Some(Event::Error(e)) => {
-                    (vec![event("error", AnthropicError(e.into()).body())], true)
-                }
-                None => (
-                    vec![event("error", AnthropicError(ApiError::internal()).body())],
-                    true,
-                ),
-            };
-            for e in out {
-                if tx.send(Ok(e)).await.is_err() {
-                    return; // client gone: dropping `events` cancels the request
-                }
-            }
-            if ended {
-                return;
-            }
+        Some(Event::Logprob(_)) => (Vec::new(), false),
+        Some(Event::Done(done)) => {
+            let stop = json!({"type": "content_block_stop", "index": 0});
+            let delta = json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason(done.finish_reason),
+                              "stop_sequence": null},
+                    "usage": {"input_tokens": done.usage.prompt_tokens,
+                              "output_tokens": done.usage.completion_tokens},
+                    "dms": done.dms});
+            let end = json!({"type": "message_stop"});
+            let out = vec![
+                event("content_block_stop", stop),
+                event("message_delta", delta),
+                event("message_stop", end),
+            ];
+            (out, true)
         }
-    });
-    Ok(Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+        Some(Event::Error(e)) => (vec![event("error", AnthropicError(e.into()).body())], true),
+        None => (
+            vec![event("error", AnthropicError(ApiError::internal()).body())],
+            true,
+        ),
+    }))
 }

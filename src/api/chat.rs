@@ -26,11 +26,12 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn completion_id() -> String {
+/// A new id `PREFIX` + separator + time and a counter (`chatcmpl-...`, `msg_...`).
+pub fn new_id(prefix_and_separator: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
-        "chatcmpl-{:x}{:06x}",
+        "{prefix_and_separator}{:x}{:06x}",
         now(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
@@ -441,7 +442,7 @@ impl Shape {
         } else {
             "cmpl"
         };
-        completion_id().replacen("chatcmpl", prefix, 1)
+        new_id(&format!("{prefix}-"))
     }
 }
 

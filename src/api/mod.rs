@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod respond;
 pub mod responses;
 pub mod tokens;
+mod translate;
 pub mod types;
 pub mod web;
 

@@ -2,58 +2,36 @@
 //! `input_image` parts, `instructions`, and the answer as one `output_text`, streamed as the
 //! Responses API's events. Translated to and from our chat request (DMS included).
 
-use std::convert::Infallible;
-
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::engine::{Done, Event, FinishReason};
 
-use super::chat::{engine_error, image_params, now, to_engine_request};
+use super::chat::{new_id, now, to_engine_request};
 use super::error::ApiError;
 use super::respond::answers;
+use super::translate::{bad, chat_request, content, image_part, sse, started, text_part};
 use super::types::GenerationRequest;
 use super::{check_model, AppState};
 
-fn bad(param: &str, message: &str) -> ApiError {
-    ApiError::bad_param(param, message)
-}
-
-/// A Responses content (a string or `input_text` / `input_image` parts) as chat content.
-fn content(value: &Value, at: &str) -> Result<Value, ApiError> {
-    let parts = match value {
-        Value::String(s) => return Ok(json!(s)),
-        Value::Array(parts) => parts,
-        _ => return Err(bad(at, "content must be a string or a list of parts")),
-    };
-    let parts = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let at = format!("{at}[{i}]");
-            match p["type"].as_str() {
-                Some("input_text" | "output_text") => match p["text"].as_str() {
-                    Some(t) => Ok(json!({"type": "text", "text": t})),
-                    None => Err(bad(&format!("{at}.text"), "a text part needs text")),
-                },
-                Some("input_image") => match p["image_url"].as_str() {
-                    Some(url) => Ok(json!({"type": "image_url", "image_url": {"url": url}})),
-                    None => Err(bad(
-                        &format!("{at}.image_url"),
-                        "an image part needs image_url",
-                    )),
-                },
-                _ => Err(bad(
-                    &format!("{at}.type"),
-                    "parts are input_text or input_image",
-                )),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Value::Array(parts))
+/// A Responses content part as a chat content part.
+fn part(p: &Value, at: &str) -> Result<Value, ApiError> {
+    match p["type"].as_str() {
+        Some("input_text" | "output_text") => text_part(p, at),
+        Some("input_image") => match p["image_url"].as_str() {
+            Some(url) => Ok(image_part(url)),
+            None => Err(bad(
+                &format!("{at}.image_url"),
+                "an image part needs image_url",
+            )),
+        },
+        _ => Err(bad(
+            &format!("{at}.type"),
+            "parts are input_text or input_image",
+        )),
+    }
 }
 
 /// The Responses request as our chat request, and whether it streams.
@@ -79,37 +57,20 @@ fn to_chat(body: &Value) -> Result<(GenerationRequest, bool), ApiError> {
                         ))
                     }
                 };
-                let content = content(&m["content"], &format!("input[{i}].content"))?;
+                let content = content(&m["content"], &format!("input[{i}].content"), part)?;
                 messages.push(json!({"role": role, "content": content}));
             }
         }
         _ => return Err(bad("input", "input must be a string or a list of messages")),
     }
-    let mut chat = json!({"messages": messages});
-    for (ours, theirs) in [
+    let fields = [
         ("model", "model"),
         ("max_tokens", "max_output_tokens"),
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("dms", "dms"),
-    ] {
-        if let Some(v) = object.get(theirs) {
-            chat[ours] = v.clone();
-        }
-    }
-    let request = serde_json::from_value(chat)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
-    Ok((request, body["stream"].as_bool().unwrap_or(false)))
-}
-
-fn new_id(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}_{:x}{:06x}",
-        now(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    ];
+    chat_request(messages, object, &fields)
 }
 
 /// The response object: `in_progress` without `done`, else `completed` or `incomplete`.
@@ -155,7 +116,7 @@ pub async fn responses(
     let (chat, streaming) = to_chat(&body)?;
     let model = check_model(chat.model.as_deref(), &state.model_names, &info.name)?;
     let request = to_engine_request(chat, &state, info.n_ctx)?;
-    let (id, item) = (new_id("resp"), new_id("msg"));
+    let (id, item) = (new_id("resp_"), new_id("msg_"));
     if !streaming {
         let (text, _, done) = answers(&state, &request, 1)
             .await?
@@ -164,97 +125,70 @@ pub async fn responses(
         let object = response_object(&id, &item, &model, &text, Some(&done));
         return Ok(axum::Json(object).into_response());
     }
-    let images = image_params(&request);
-    let mut events = engine.submit(request)?;
-    let mut first = match events.recv().await {
-        Some(Event::Error(e)) => return Err(engine_error(e, &images)),
-        other => other,
+    let started = started(&state, request).await?;
+    let mut sequence = 0u64;
+    let mut event = move |mut data: Value| {
+        data["sequence_number"] = json!(sequence);
+        sequence += 1;
+        let name = data["type"].as_str().unwrap_or("message").to_string();
+        SseEvent::default().event(name).data(data.to_string())
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(32);
-    tokio::spawn(async move {
-        let mut sequence = 0u64;
-        let mut event = |data: Value| {
-            let mut data = data;
-            data["sequence_number"] = json!(sequence);
-            sequence += 1;
-            let name = data["type"].as_str().unwrap_or("message").to_string();
-            SseEvent::default().event(name).data(data.to_string())
-        };
-        let part = json!({"type": "output_text", "text": "", "annotations": []});
-        let opening = [
-            json!({"type": "response.created",
-                "response": response_object(&id, &item, &model, "", None)}),
+    let part = json!({"type": "output_text", "text": "", "annotations": []});
+    let opening = vec![
+        event(json!({"type": "response.created",
+            "response": response_object(&id, &item, &model, "", None)})),
+        event(
             json!({"type": "response.output_item.added", "output_index": 0,
-                "item": {"type": "message", "id": item, "status": "in_progress",
-                         "role": "assistant", "content": []}}),
-            json!({"type": "response.content_part.added", "item_id": item, "output_index": 0,
-                "content_index": 0, "part": part}),
-        ];
-        for data in opening {
-            if tx.send(Ok(event(data))).await.is_err() {
-                return;
-            }
+            "item": {"type": "message", "id": item, "status": "in_progress",
+                     "role": "assistant", "content": []}}),
+        ),
+        event(
+            json!({"type": "response.content_part.added", "item_id": item,
+            "output_index": 0, "content_index": 0, "part": part}),
+        ),
+    ];
+    let mut text = String::new();
+    Ok(sse(started, opening, move |next| match next {
+        Some(Event::Text(t)) => {
+            text.push_str(&t);
+            let delta = json!({"type": "response.output_text.delta", "item_id": item,
+                "output_index": 0, "content_index": 0, "delta": t});
+            (vec![event(delta)], false)
         }
-        let mut text = String::new();
-        loop {
-            let next = match first.take() {
-                Some(e) => Some(e),
-                None => events.recv().await,
+        Some(Event::Logprob(_)) => (Vec::new(), false),
+        Some(Event::Done(done)) => {
+            let object = response_object(&id, &item, &model, &text, Some(&done));
+            let finished = if object["status"] == "completed" {
+                "response.completed"
+            } else {
+                "response.incomplete"
             };
-            let (out, ended) = match next {
-                Some(Event::Text(t)) => {
-                    text.push_str(&t);
-                    let delta = json!({"type": "response.output_text.delta", "item_id": item,
-                        "output_index": 0, "content_index": 0, "delta": t});
-                    (vec![event(delta)], false)
-                }
-                Some(Event::Logprob(_)) => (Vec::new(), false),
-                Some(Event::Done(done)) => {
-                    let object = response_object(&id, &item, &model, &text, Some(&done));
-                    let finished = if object["status"] == "completed" {
-                        "response.completed"
-                    } else {
-                        "response.incomplete"
-                    };
-                    let out = vec![
-                        event(json!({"type": "response.output_text.done", "item_id": item,
-                            "output_index": 0, "content_index": 0, "text": text})),
-                        event(
-                            json!({"type": "response.content_part.done", "item_id": item,
-                            "output_index": 0, "content_index": 0,
-                            "part": {"type": "output_text", "text": text, "annotations": []}}),
-                        ),
-                        event(
-                            json!({"type": "response.output_item.done", "output_index": 0,
-                            "item": object["output"][0].clone()}),
-                        ),
-                        event(json!({"type": finished, "response": object})),
-                    ];
-                    (out, true)
-                }
-                Some(Event::Error(e)) => {
-                    let e = ApiError::from(e);
-                    let error = json!({"type": "error", "code": e.kind, "message": e.message,
-                        "param": e.param});
-                    (vec![event(error)], true)
-                }
-                None => {
-                    let e = ApiError::internal();
-                    let error = json!({"type": "error", "code": e.kind, "message": e.message});
-                    (vec![event(error)], true)
-                }
-            };
-            for e in out {
-                if tx.send(Ok(e)).await.is_err() {
-                    return; // client gone: dropping `events` cancels the request
-                }
-            }
-            if ended {
-                return;
-            }
+            let part = json!({"type": "output_text", "text": text, "annotations": []});
+            let out = vec![
+                event(json!({"type": "response.output_text.done", "item_id": item,
+                    "output_index": 0, "content_index": 0, "text": text})),
+                event(
+                    json!({"type": "response.content_part.done", "item_id": item,
+                    "output_index": 0, "content_index": 0, "part": part}),
+                ),
+                event(
+                    json!({"type": "response.output_item.done", "output_index": 0,
+                    "item": object["output"][0].clone()}),
+                ),
+                event(json!({"type": finished, "response": object})),
+            ];
+            (out, true)
         }
-    });
-    Ok(Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+        Some(Event::Error(e)) => {
+            let e = ApiError::from(e);
+            let error =
+                json!({"type": "error", "code": e.kind, "message": e.message, "param": e.param});
+            (vec![event(error)], true)
+        }
+        None => {
+            let e = ApiError::internal();
+            let error = json!({"type": "error", "code": e.kind, "message": e.message});
+            (vec![event(error)], true)
+        }
+    }))
 }
