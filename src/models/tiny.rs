@@ -308,16 +308,7 @@ fn tiny_llama(seed: u64) -> GgufWriter {
     w.add_f32("llama.rope.freq_base", 10000.0);
     w.add_u32("llama.vocab_size", as_u32(n_vocab));
 
-    w.add_string("tokenizer.ggml.model", "gpt2");
-    w.add_string("tokenizer.ggml.pre", "smollm");
-    w.add_string_array("tokenizer.ggml.tokens", &vocab.tokens);
-    w.add_i32_array("tokenizer.ggml.token_type", &vocab.token_types);
-    w.add_string_array("tokenizer.ggml.merges", &vocab.merges);
-    w.add_u32("tokenizer.ggml.bos_token_id", TOKEN_IM_START as u32);
-    w.add_u32("tokenizer.ggml.eos_token_id", TOKEN_IM_END as u32);
-    w.add_u32("tokenizer.ggml.padding_token_id", TOKEN_IM_END as u32);
-    w.add_bool("tokenizer.ggml.add_bos_token", false);
-    w.add_string("tokenizer.chat_template", CHATML_TEMPLATE);
+    write_tokenizer(&mut w, &vocab);
 
     // Token rows of deviation 1 make logits and hidden states clearly token dependent; the
     // output projection of 0.3 gives logits of deviation about 0.3 * sqrt(64) = 2.4.
@@ -498,3 +489,17 @@ fn random_mmproj(n_embd_out: usize, out_std: f32, seed: u64) -> GgufWriter {
 #[cfg(test)]
 #[path = "tiny_tests.rs"]
 mod tests;
+
+/// Writes the tiny tokenizer's keys (`vocab`'s tokens, types and merges; ChatML template).
+pub(super) fn write_tokenizer(w: &mut GgufWriter, vocab: &TinyVocab) {
+    w.add_string("tokenizer.ggml.model", "gpt2");
+    w.add_string("tokenizer.ggml.pre", "smollm");
+    w.add_string_array("tokenizer.ggml.tokens", &vocab.tokens);
+    w.add_i32_array("tokenizer.ggml.token_type", &vocab.token_types);
+    w.add_string_array("tokenizer.ggml.merges", &vocab.merges);
+    w.add_u32("tokenizer.ggml.bos_token_id", TOKEN_IM_START as u32);
+    w.add_u32("tokenizer.ggml.eos_token_id", TOKEN_IM_END as u32);
+    w.add_u32("tokenizer.ggml.padding_token_id", TOKEN_IM_END as u32);
+    w.add_bool("tokenizer.ggml.add_bos_token", false);
+    w.add_string("tokenizer.chat_template", CHATML_TEMPLATE);
+}

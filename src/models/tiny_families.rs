@@ -25,9 +25,8 @@ use std::path::Path;
 
 use super::gguf_writer::GgufWriter;
 use super::tiny::{
-    self, add_const, add_random, tiny_vocab, Rng, TinyModelPaths, TinyVocab, CHATML_TEMPLATE,
-    TINY_EMBD_STD, TINY_N_CTX_TRAIN, TINY_N_EMBD, TINY_N_FF, TINY_N_HEAD, TINY_N_HEAD_KV,
-    TINY_N_LAYER, TOKEN_IM_END, TOKEN_IM_START,
+    self, add_const, add_random, tiny_vocab, Rng, TinyModelPaths, TinyVocab, TINY_EMBD_STD,
+    TINY_N_CTX_TRAIN, TINY_N_EMBD, TINY_N_FF, TINY_N_HEAD, TINY_N_HEAD_KV, TINY_N_LAYER,
 };
 
 /// A vision-language model family that [`write_tiny_family`] can synthesise.
@@ -242,16 +241,7 @@ fn text_model(arch: TinyArch, seed: u64) -> GgufWriter {
     );
     w.add_u32(&k("vocab_size"), u(n_vocab));
 
-    w.add_string("tokenizer.ggml.model", "gpt2");
-    w.add_string("tokenizer.ggml.pre", "smollm");
-    w.add_string_array("tokenizer.ggml.tokens", &vocab.tokens);
-    w.add_i32_array("tokenizer.ggml.token_type", &vocab.token_types);
-    w.add_string_array("tokenizer.ggml.merges", &vocab.merges);
-    w.add_u32("tokenizer.ggml.bos_token_id", TOKEN_IM_START as u32);
-    w.add_u32("tokenizer.ggml.eos_token_id", TOKEN_IM_END as u32);
-    w.add_u32("tokenizer.ggml.padding_token_id", TOKEN_IM_END as u32);
-    w.add_bool("tokenizer.ggml.add_bos_token", false);
-    w.add_string("tokenizer.chat_template", CHATML_TEMPLATE);
+    tiny::write_tokenizer(&mut w, &vocab);
 
     let mut rng = Rng::new(seed);
     let r = &mut rng;
