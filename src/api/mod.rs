@@ -390,6 +390,9 @@ fn stream_flags(f: &GenerationRequest) -> (bool, bool) {
     (f.stream.unwrap_or(false), include_usage)
 }
 
+/// Longest `model` a request may name.
+pub const MAX_MODEL_NAME_BYTES: usize = 256;
+
 /// The name to report for a request that asked for `requested`: any name is accepted unless
 /// the names are strict, in which case only the model's own are (404 otherwise).
 pub(crate) fn check_model(
@@ -398,6 +401,12 @@ pub(crate) fn check_model(
     loaded: &str,
 ) -> Result<String, ApiError> {
     let served = names.served(loaded);
+    if requested.is_some_and(|m| m.len() > MAX_MODEL_NAME_BYTES) {
+        return Err(ApiError::bad_param(
+            "model",
+            format!("model names are at most {MAX_MODEL_NAME_BYTES} bytes"),
+        ));
+    }
     match requested {
         Some(m) if names.strict && !m.is_empty() && !names.is_known(m, loaded) => {
             // Echo at most a short prefix of what the client sent.

@@ -171,7 +171,13 @@ pub fn auth(key: &'static str) -> Vec<Case> {
             h(format!("Authorization: Token {key}")),
             401,
         ),
-        with("key in X-Api-Key", h(format!("X-Api-Key: {key}")), 401),
+        // Anthropic's clients send the key as X-Api-Key: accepted, but only the whole key.
+        with("key in X-Api-Key", h(format!("X-Api-Key: {key}")), 200),
+        with(
+            "wrong key in X-Api-Key",
+            h(format!("X-Api-Key: {key}x")),
+            401,
+        ),
         with(
             "key plus a suffix",
             h(format!("Authorization: Bearer {key}x")),
