@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-/// Stand-ins for the two engine types `types.rs` names in its response structs.
+/// Stand-ins for the engine types `types.rs` names in its response structs.
 #[allow(dead_code)]
 mod engine {
     /// Stand-in for the engine's DMS report (responses only).
@@ -17,6 +17,11 @@ mod engine {
         Stop,
         Length,
         Cancelled,
+    }
+    /// Stand-in for the engine's DMS mode (`/props` only).
+    #[derive(Debug, Clone, Copy, serde::Serialize)]
+    pub enum DmsMode {
+        Off,
     }
 }
 
