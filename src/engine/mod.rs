@@ -17,6 +17,7 @@ mod fault;
 pub mod image;
 pub mod lru;
 mod mwc;
+mod pass_blocks;
 mod passes;
 pub mod prompt;
 pub mod prompt_cache;
