@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::start_server as start;
+use common::{start_server as start, start_server_with as start_with};
 
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("LLAMA_DMS_PYTHON") {
@@ -21,6 +21,7 @@ fn python() -> PathBuf {
     venv
 }
 
+/// The `openai` client script (the server needs `--parallel 2`, for `n=2`).
 fn run_client(base: &str) {
     run_script("openai_client.py", base);
 }
@@ -46,7 +47,7 @@ fn run_script(script: &str, base: &str) {
 #[test]
 fn openai_client_on_the_tiny_model() {
     let tiny = common::tiny_models();
-    let (_server, base) = start(&tiny.model, &tiny.mmproj);
+    let (_server, base) = start_with(&tiny.model, &tiny.mmproj, &["--parallel", "2"]);
     run_client(&base);
 }
 
@@ -55,7 +56,7 @@ fn openai_client_on_the_demo_model() {
     let Some(demo) = common::demo_paths() else {
         return;
     };
-    let (_server, base) = start(&demo.model, &demo.mmproj);
+    let (_server, base) = start_with(&demo.model, &demo.mmproj, &["--parallel", "2"]);
     run_client(&base);
 }
 

@@ -5,19 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
-/// Stand-ins for the engine types `types.rs` names in its response structs.
+/// Stand-ins for the engine types `types.rs` names.
 #[allow(dead_code)]
 mod engine {
-    /// Stand-in for the engine's DMS report (responses only).
-    #[derive(Debug, Clone, serde::Serialize)]
-    pub struct DmsReport;
-    /// Stand-in for the engine's finish reason.
-    #[derive(Debug, Clone, Copy)]
-    pub enum FinishReason {
-        Stop,
-        Length,
-        Cancelled,
-    }
     /// Stand-in for the engine's DMS mode (`/props` only).
     #[derive(Debug, Clone, Copy, serde::Serialize)]
     pub enum DmsMode {

@@ -3,19 +3,18 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
-
 use crate::engine::{
     ContentPart as EngineContent, DmsMode, DmsSettings, EngineError, GenerateRequest, Message,
-    ResponseFormat, Role as EngineRole, TokenLogprob,
+    ResponseFormat, Role as EngineRole,
 };
 use crate::llama::SamplerParams;
 
 use super::error::ApiError;
 use super::media::load_image;
+use super::response_types::{PromptTokensDetails, Usage};
+use super::tools::{self, ToolUse};
 use super::types::{
-    ContentPart, GenerationRequest, LogprobsField, MessageContent, PromptTokensDetails,
-    ResponseFormatRequest, Role, Usage,
+    ContentPart, GenerationRequest, LogprobsField, MessageContent, ResponseFormatRequest, Role,
 };
 use super::AppState;
 
@@ -195,12 +194,41 @@ pub fn base_request(f: &GenerationRequest, n_ctx: usize) -> Result<GenerateReque
     })
 }
 
-/// Turns a chat request into an engine request (checking every field).
+/// A chat request, checked and converted: the engine's request, the tools (if the model may
+/// call any) and the request field of each image in the engine's order (for errors).
+#[derive(Debug)]
+pub struct ChatRequest {
+    /// What the engine runs.
+    pub request: GenerateRequest,
+    /// How the answer is read back as tool calls.
+    pub tools: Option<ToolUse>,
+    /// `messages[i].content[j].image_url` of each image, in order.
+    pub image_params: Vec<String>,
+}
+
+/// Turns a chat request into an engine request (checking every field); a request with tools
+/// is refused here (see [`to_chat_request`]).
 pub fn to_engine_request(
-    mut req: GenerationRequest,
+    req: GenerationRequest,
     state: &AppState,
     n_ctx: usize,
 ) -> Result<GenerateRequest, ApiError> {
+    let chat = to_chat_request(req, state, n_ctx)?;
+    match chat.tools {
+        None => Ok(chat.request),
+        Some(_) => Err(ApiError::bad_param(
+            "tools",
+            "tools are only served by /v1/chat/completions",
+        )),
+    }
+}
+
+/// Turns a chat request with its tools into an engine request, checking every field.
+pub fn to_chat_request(
+    mut req: GenerationRequest,
+    state: &AppState,
+    n_ctx: usize,
+) -> Result<ChatRequest, ApiError> {
     let chat = req.messages.take().unwrap_or_default();
     if chat.is_empty() {
         return Err(ApiError::bad_param(
@@ -209,6 +237,11 @@ pub fn to_engine_request(
         ));
     }
     in_range(req.top_logprobs, 0, 20, "top_logprobs")?;
+    let tools = tools::parse(
+        req.tools.take(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
     let mut request = base_request(&req, n_ctx)?;
     match req.logprobs {
         Some(LogprobsField::Flag(true)) => {
@@ -222,15 +255,37 @@ pub fn to_engine_request(
         }
         _ => {}
     }
-    let mut messages = Vec::with_capacity(chat.len());
-    let mut n_images = 0;
+    let mut messages: Vec<Message> = Vec::with_capacity(chat.len() + 1);
+    let mut image_params = Vec::new();
+    // Function names by call id, from the assistants' calls so far.
+    let mut called: Vec<(String, String)> = Vec::new();
+    let mut after_tool = false;
     for (i, m) in chat.into_iter().enumerate() {
+        if m.tool_calls.is_some() && m.role != Role::Assistant {
+            return Err(ApiError::bad_param(
+                &format!("messages[{i}].tool_calls"),
+                "only assistant messages make tool calls",
+            ));
+        }
+        if m.role == Role::Tool {
+            let result = tool_message_text(m.content, m.tool_call_id.as_deref(), &called, i)?;
+            match messages.last_mut() {
+                // Results of one turn's calls go together, in one user turn.
+                Some(last) if after_tool => last
+                    .content
+                    .push(EngineContent::Text(format!("\n\n{result}"))),
+                _ => messages.push(Message::text(EngineRole::User, result)),
+            }
+            after_tool = true;
+            continue;
+        }
+        after_tool = false;
         let role = match m.role {
             Role::System | Role::Developer => EngineRole::System,
-            Role::User => EngineRole::User,
+            Role::User | Role::Tool => EngineRole::User,
             Role::Assistant => EngineRole::Assistant,
         };
-        let content = match m.content {
+        let mut content = match m.content {
             None => Vec::new(),
             Some(MessageContent::Text(t)) => vec![EngineContent::Text(t)],
             Some(MessageContent::Parts(parts)) => {
@@ -241,8 +296,7 @@ pub fn to_engine_request(
                             text_part(text, dms_role.as_ref(), m.role, i, j)?
                         }
                         ContentPart::ImageUrl { image_url } => {
-                            n_images += 1;
-                            if n_images > state.limits.max_images {
+                            if image_params.len() >= state.limits.max_images {
                                 return Err(ApiError::bad_param(
                                     "messages",
                                     format!(
@@ -252,23 +306,110 @@ pub fn to_engine_request(
                                 ));
                             }
                             let param = format!("messages[{i}].content[{j}].image_url");
-                            EngineContent::Image(load_image(
-                                &image_url.url,
-                                &state.limits.media,
-                                &param,
-                            )?)
+                            let image = load_image(&image_url.url, &state.limits.media, &param)?;
+                            image_params.push(param);
+                            EngineContent::Image(image)
                         }
                     });
                 }
                 out
             }
         };
+        if let Some(calls) = m.tool_calls.filter(|c| !c.is_empty()) {
+            called.extend(
+                calls
+                    .iter()
+                    .filter_map(|c| Some((c.id.clone()?, c.function.name.clone()))),
+            );
+            let sep = if content.is_empty() { "" } else { "\n" };
+            let calls = tools::history_calls(&calls);
+            content.push(EngineContent::Text(format!("{sep}{calls}")));
+        }
         messages.push(Message { role, content });
     }
+    if let Some(tools) = &tools {
+        add_tools(&mut request, &mut messages, tools)?;
+    }
+    let n_images = image_params.len();
     request.messages = messages;
     request.dms = dms_settings(req.dms, n_images, state.default_dms)?;
     check_scheduler(&request.dms, state)?;
-    Ok(request)
+    Ok(ChatRequest {
+        request,
+        tools,
+        image_params,
+    })
+}
+
+/// The text of `tool` message `i`: its result, naming the call it answers.
+fn tool_message_text(
+    content: Option<MessageContent>,
+    call_id: Option<&str>,
+    called: &[(String, String)],
+    i: usize,
+) -> Result<String, ApiError> {
+    let Some(call_id) = call_id else {
+        return Err(ApiError::bad_param(
+            &format!("messages[{i}].tool_call_id"),
+            "a tool message needs the tool_call_id it answers",
+        ));
+    };
+    let result = match content {
+        None => String::new(),
+        Some(MessageContent::Text(t)) => t,
+        Some(MessageContent::Parts(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.into_iter().enumerate() {
+                match part {
+                    ContentPart::Text { text: t, .. } => text.push_str(&t),
+                    ContentPart::ImageUrl { .. } => {
+                        return Err(ApiError::bad_param(
+                            &format!("messages[{i}].content[{j}]"),
+                            "a tool message holds text only",
+                        ))
+                    }
+                }
+            }
+            text
+        }
+    };
+    let name = called
+        .iter()
+        .rev()
+        .find(|(id, _)| id == call_id)
+        .map(|(_, name)| name.as_str());
+    Ok(tools::tool_result(name, call_id, &result))
+}
+
+/// Tells the model about `tools` (in the system message, which is added first if there is
+/// none) and, when a call is required, constrains the answer to one.
+fn add_tools(
+    request: &mut GenerateRequest,
+    messages: &mut Vec<Message>,
+    tools: &ToolUse,
+) -> Result<(), ApiError> {
+    let instruction = tools.instruction();
+    match messages.first_mut() {
+        Some(first) if first.role == EngineRole::System => first
+            .content
+            .push(EngineContent::Text(format!("\n\n{instruction}"))),
+        _ => messages.insert(0, Message::text(EngineRole::System, instruction)),
+    }
+    let Some(schema) = tools.reply_schema() else {
+        return Ok(());
+    };
+    if request.response_format.is_some() {
+        return Err(ApiError::bad_param(
+            "response_format",
+            "response_format cannot be combined with a required tool call",
+        ));
+    }
+    let format = ResponseFormat::JsonSchema(schema);
+    format
+        .grammar()
+        .map_err(|e| ApiError::bad_param("tools", e.to_string()))?;
+    request.response_format = Some(format);
+    Ok(())
 }
 
 /// A text part as the engine's part: `dms_role` `"question"` or `"evidence"` marks it (user
@@ -444,16 +585,6 @@ impl Shape {
         };
         new_id(&format!("{prefix}-"))
     }
-}
-
-/// One token's log-probabilities in OpenAI's chat shape.
-pub(super) fn logprob_json(lp: &TokenLogprob) -> serde_json::Value {
-    let top: Vec<_> = lp
-        .top
-        .iter()
-        .map(|(t, b, l)| json!({"token": t, "logprob": l, "bytes": b}))
-        .collect();
-    json!({"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes, "top_logprobs": top})
 }
 
 /// The `usage` object.

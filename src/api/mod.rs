@@ -7,8 +7,10 @@ pub mod error;
 pub mod media;
 pub mod metrics;
 pub mod respond;
+pub mod response_types;
 pub mod responses;
 pub mod tokens;
+pub mod tools;
 mod translate;
 pub mod types;
 pub mod web;
@@ -331,17 +333,16 @@ async fn chat_completions(
     chat::check_logit_bias_ids(&req, info.n_vocab)?;
     let (streaming, include_usage) = stream_flags(&req);
     let n = chat::choices_asked(&req, info.slots)?;
-    let request = chat::to_engine_request(req, &state, info.n_ctx)?;
-    respond(
-        &state,
-        request,
+    let chat = chat::to_chat_request(req, &state, info.n_ctx)?;
+    let reply = respond::Reply {
         n,
-        served,
-        Shape::Chat,
-        streaming,
+        model: served,
+        shape: Shape::Chat,
         include_usage,
-    )
-    .await
+        tools: chat.tools,
+        image_params: chat.image_params,
+    };
+    respond(&state, chat.request, reply, streaming).await
 }
 
 /// `POST /v1/completions`: a raw text prompt, no chat template.
@@ -372,17 +373,15 @@ async fn completions(
         _ => {}
     }
     request.raw_prompt = Some(prompt);
-    let n = chat::choices_asked(&req, info.slots)?;
-    respond(
-        &state,
-        request,
-        n,
-        served,
-        Shape::Text,
-        streaming,
+    let reply = respond::Reply {
+        n: chat::choices_asked(&req, info.slots)?,
+        model: served,
+        shape: Shape::Text,
         include_usage,
-    )
-    .await
+        tools: None,
+        image_params: Vec::new(),
+    };
+    respond(&state, request, reply, streaming).await
 }
 
 fn stream_flags(f: &GenerationRequest) -> (bool, bool) {
@@ -422,20 +421,16 @@ pub(crate) fn check_model(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &AppState,
     request: crate::engine::GenerateRequest,
-    n: usize,
-    model: String,
-    shape: Shape,
+    reply: respond::Reply,
     streaming: bool,
-    include_usage: bool,
 ) -> Result<Response, ApiError> {
     if streaming {
-        respond::stream(state, request, n, model, shape, include_usage).await
+        respond::stream(state, request, reply).await
     } else {
-        respond::complete(state, request, n, model, shape).await
+        respond::complete(state, request, reply).await
     }
 }
 

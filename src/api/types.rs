@@ -2,8 +2,7 @@
 //! (other servers' extensions) are ignored; known fields with a wrong type fail to parse.
 
 use serde::{Deserialize, Serialize};
-
-use crate::engine::{DmsReport, FinishReason};
+use serde_json::Value;
 
 /// The body of `POST /v1/chat/completions` (with `messages`) and `POST /v1/completions` (with
 /// `prompt`): one struct, so that a field of the wrong type is always reported by name.
@@ -85,6 +84,15 @@ pub struct GenerationRequest {
     /// Structured output.
     #[serde(default)]
     pub response_format: Option<ResponseFormatRequest>,
+    /// Chat: functions the model may call.
+    #[serde(default)]
+    pub tools: Option<Vec<ToolSpec>>,
+    /// Chat: `none`, `auto` (the default with tools), `required` or a named function.
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoiceField>,
+    /// Chat: whether one answer may make several calls (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// `logprobs`: a flag in the chat API, a count in the legacy completions API.
@@ -119,7 +127,7 @@ pub struct JsonSchemaSpec {
     pub name: Option<String>,
     /// The JSON schema (absent: any JSON object).
     #[serde(default)]
-    pub schema: Option<serde_json::Value>,
+    pub schema: Option<Value>,
     /// OpenAI's strict flag (our grammar is always strict).
     #[serde(default)]
     pub strict: Option<bool>,
@@ -186,6 +194,8 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
+    /// A tool's result, answering an assistant's call (`tool_call_id`).
+    Tool,
 }
 
 /// One message.
@@ -196,6 +206,12 @@ pub struct ChatMessage {
     /// Text or a list of parts (absent or null is empty).
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// Assistant messages: the calls it made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// Tool messages: the call answered.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// Message content: a string or typed parts.
@@ -220,7 +236,7 @@ pub enum ContentPart {
         /// (scaled by the text weight); absent or null splits the text automatically. Kept as
         /// raw JSON so that any bad value is refused naming this field.
         #[serde(default)]
-        dms_role: Option<serde_json::Value>,
+        dms_role: Option<Value>,
     },
     /// `{"type": "image_url", "image_url": {"url": ...}}`.
     ImageUrl {
@@ -237,75 +253,6 @@ pub struct ImageUrl {
     /// OpenAI's detail hint (ignored).
     #[serde(default)]
     pub detail: Option<String>,
-}
-
-/// Token counts in the OpenAI shape.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Usage {
-    /// Prompt tokens (text + image).
-    pub prompt_tokens: usize,
-    /// Generated tokens.
-    pub completion_tokens: usize,
-    /// Sum of both.
-    pub total_tokens: usize,
-    /// `{"cached_tokens": n}`: prompt tokens reused from the slot's previous request.
-    pub prompt_tokens_details: PromptTokensDetails,
-}
-
-/// Details of the prompt tokens.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct PromptTokensDetails {
-    /// Prompt tokens whose KV state was reused.
-    pub cached_tokens: usize,
-}
-
-/// A non-streaming answer.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatCompletion {
-    /// `chatcmpl-...`.
-    pub id: String,
-    /// `chat.completion`.
-    pub object: &'static str,
-    /// Unix seconds.
-    pub created: u64,
-    /// Model name.
-    pub model: String,
-    /// One choice.
-    pub choices: Vec<Choice>,
-    /// Token counts.
-    pub usage: Usage,
-    /// What DMS decided.
-    pub dms: DmsReport,
-}
-
-/// A non-streaming choice.
-#[derive(Debug, Clone, Serialize)]
-pub struct Choice {
-    /// Always 0.
-    pub index: usize,
-    /// The answer.
-    pub message: AssistantMessage,
-    /// Token log-probabilities (`null` unless asked for).
-    pub logprobs: Option<serde_json::Value>,
-    /// `stop` or `length`.
-    pub finish_reason: &'static str,
-}
-
-/// The assistant's message.
-#[derive(Debug, Clone, Serialize)]
-pub struct AssistantMessage {
-    /// Always `assistant`.
-    pub role: &'static str,
-    /// The text.
-    pub content: String,
-}
-
-/// The OpenAI `finish_reason` string.
-pub fn finish_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
-    }
 }
 
 /// `GET /v1/models` entry.
@@ -435,4 +382,54 @@ pub struct DetokenizeRequest {
 pub struct DetokenizeResponse {
     /// The text.
     pub content: String,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolSpec {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: FunctionSpec,
+}
+
+/// A declared function.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionSpec {
+    /// Its name.
+    pub name: String,
+    /// What it does (shown to the model).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A JSON schema of its arguments (absent: any object).
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// OpenAI's strict flag (a constrained call is always strict here).
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"` or `{"type": "function", "function":
+/// {"name": ...}}`, kept raw so that any bad value is refused naming the field.
+pub type ToolChoiceField = Value;
+
+/// A function call in an assistant message of the history.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    /// The call's id (what the `tool` message answering it names).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The function called.
+    pub function: FunctionCallIn,
+}
+
+/// The function and arguments of [`ToolCallIn`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallIn {
+    /// Function name.
+    pub name: String,
+    /// Its arguments, as a JSON text.
+    #[serde(default)]
+    pub arguments: String,
 }

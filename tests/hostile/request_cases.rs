@@ -220,7 +220,46 @@ pub fn messages() -> Vec<Case> {
     };
     vec![
         role("role wizard", json!("wizard")),
-        role("role tool (unsupported)", json!("tool")),
+        role("role function (legacy, unsupported)", json!("function")),
+        Case::new(
+            r,
+            "tool message without tool_call_id",
+            post_json(&json!({"messages": [{"role": "tool", "content": "12 C"}]})),
+            400,
+        )
+        .param("messages[0].tool_call_id"),
+        Case::new(
+            r,
+            "tool_calls on a user message",
+            post_json(&json!({"messages": [{"role": "user", "content": "hi",
+                "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "{}"}}]}]})),
+            400,
+        )
+        .param("messages[0].tool_calls"),
+        Case::new(
+            r,
+            "tools not a list",
+            post_json(&json!({"messages": [{"role": "user", "content": "hi"}], "tools": "all"})),
+            400,
+        )
+        .param("tools"),
+        Case::new(
+            r,
+            "tool_choice a number",
+            post_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": 3})),
+            400,
+        )
+        .param("tool_choice"),
+        Case::new(
+            r,
+            "a required call with response_format",
+            post_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": "required", "response_format": {"type": "json_object"}})),
+            400,
+        )
+        .param("response_format"),
         role("role in capitals", json!("USER")),
         role("empty role", json!("")),
         Case::new(

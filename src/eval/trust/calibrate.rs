@@ -25,9 +25,20 @@ pub const W_MINS: [f32; 3] = [0.0, 0.25, 0.5];
 /// Agreement gates tried (see [`RuleScheduler::agree_gate`]).
 pub const GATES: [bool; 2] = [false, true];
 /// Sound gates tried (see [`RuleScheduler::sound_gate`]), with reliability models only: a
-/// reliability is a probability, a confidence has no common scale.
-pub const SOUND_GATES: [Option<f32>; 6] =
-    [None, Some(0.5), Some(0.7), Some(0.8), Some(0.9), Some(0.95)];
+/// reliability is a probability, a confidence has no common scale. Gates below 0.5 let the
+/// clean constraint hold where some clean inputs' reliabilities fall short of even odds.
+pub const SOUND_GATES: [Option<f32>; 10] = [
+    None,
+    Some(0.2),
+    Some(0.3),
+    Some(0.4),
+    Some(0.5),
+    Some(0.6),
+    Some(0.7),
+    Some(0.8),
+    Some(0.9),
+    Some(0.95),
+];
 /// Share of clean items that must keep every weight within `1 ± 0.05`.
 pub const CLEAN_WITHIN_TARGET: f64 = 0.95;
 /// Fewest sound and fewest degraded inputs per modality for a reliability model.
